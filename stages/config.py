@@ -1,0 +1,408 @@
+"""Typed access to every params file, validated against ``workflow/schemas``.
+
+``params/pipeline.yaml`` chooses what runs, ``params/datasets/<name>.yaml`` holds every fact about a
+dataset and ``params/models/<name>.yaml`` every model hyper-parameter. Code asks this module and
+never hard-codes a band count, class list or split size.
+
+A dataset file may say ``twin_of: <base>``: it is then deep-merged over the base file, so a synthetic
+twin inherits the real dataset's file names, classes and counts and overrides only what differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from stages.paths import params_dir, schema_path
+
+PRESETS = ("quick", "paper")
+ROLES = ("primary", "auxiliary")
+
+
+class ParamsError(ValueError):
+    """A params file is missing or does not match its schema."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file. Check the name, or add the file under params/.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({err}).") from err
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, found {type(data).__name__}.")
+    return data
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that also fills ``default:`` values in, as Snakemake's ``validate`` does."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+@cache
+def _schema(name: str) -> dict[str, Any]:
+    return yaml.safe_load(schema_path(name).read_text())
+
+
+def validate(data: dict[str, Any], schema: str, source: Path | str) -> dict[str, Any]:
+    """Validate ``data`` in place (filling defaults) and return it; errors name the file and field."""
+    errors = sorted(_Validator(_schema(schema)).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  - {'/'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors[:10]]
+        raise ParamsError(
+            f"{source}: does not match workflow/schemas/{schema}.schema.yaml:\n" + "\n".join(lines)
+        )
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in ``override`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    key: str
+    name: str
+    color: tuple[int, int, int]
+    train: int | None
+    test: int | None
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    role: str
+    file: str
+    format: str
+    bands: int
+    band_names: tuple[str, ...]
+    wavelengths_nm: tuple[float, ...] | None
+    dtype: str | None
+    units: str | None
+    resampling: str
+    key: str | None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the pipeline knows about one dataset, from its params file."""
+
+    name: str
+    raw: dict[str, Any]
+    path: Path
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.raw["title"]
+
+    @property
+    def task(self) -> str:
+        return self.raw["task"]
+
+    @property
+    def is_twin(self) -> bool:
+        return self.raw["source"]["kind"] == "twin"
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.raw["source"]
+
+    @property
+    def twin(self) -> dict[str, Any] | None:
+        return self.raw.get("twin")
+
+    # -- geometry and modalities ------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.raw["grid"]["height"]
+
+    @property
+    def width(self) -> int:
+        return self.raw["grid"]["width"]
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        return self.raw["grid"]
+
+    @property
+    def patch_size(self) -> int:
+        return self.raw["patch_size"]
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        out = {}
+        for name, m in self.raw["modalities"].items():
+            wl = m.get("wavelengths_nm")
+            names = m.get("band_names") or (
+                [f"{name}_{w:g}nm" for w in wl] if wl else [f"{name}_{i + 1}" for i in range(m["bands"])]
+            )
+            out[name] = Modality(
+                name=name,
+                role=m["role"],
+                file=m["file"],
+                format=m["format"],
+                bands=m["bands"],
+                band_names=tuple(names),
+                wavelengths_nm=tuple(wl) if wl else None,
+                dtype=m.get("dtype"),
+                units=m.get("units"),
+                # bilinear for continuous bands; the schema allows others per modality
+                resampling=m.get("resampling", "bilinear"),
+                key=m.get("key"),
+            )
+        return out
+
+    @property
+    def reference_modality(self) -> str:
+        return self.raw["grid"]["reference"]
+
+    def modalities_with_role(self, role: str) -> list[str]:
+        return [n for n, m in self.modalities.items() if m.role == role]
+
+    # -- labels and classes -----------------------------------------------------------------------
+    @property
+    def labels(self) -> dict[str, Any]:
+        return self.raw["labels"]
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        return [
+            ClassInfo(c["id"], c["key"], c["name"], tuple(c["color"]), c.get("train"), c.get("test"))
+            for c in self.raw["classes"]
+        ]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.raw["classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.raw["classes"]]
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [tuple(c["color"]) for c in self.raw["classes"]]
+
+    def expected_counts(self, split: str) -> dict[int, int] | None:
+        """Per-class sample counts of ``split`` (``train`` or ``test``), scaled for a small twin.
+
+        ``None`` when the params file does not list them.
+        """
+        if any(c.get(split) is None for c in self.raw["classes"]):
+            return None
+        twin = self.twin or {}
+        scale = twin.get("count_scale", 1.0)
+        floor = twin.get(f"min_{split}", 1)
+        counts = {}
+        for c in self.raw["classes"]:
+            n = c[split]
+            counts[c["id"]] = n if scale == 1.0 else max(floor, math.floor(n * scale + 0.5))
+        return counts
+
+
+def _dataset_file(name: str, root: Path | None) -> Path:
+    return (root or params_dir()) / "datasets" / f"{name}.yaml"
+
+
+def load_dataset(name: str, root: Path | None = None) -> DatasetSpec:
+    """Read ``params/datasets/<name>.yaml``, merge it over its ``twin_of`` base and validate it."""
+    path = _dataset_file(name, root)
+    data = load_yaml(path)
+    if data.get("name") != name:
+        raise ParamsError(f"{path}: `name: {data.get('name')}` must equal the file name `{name}`.")
+    base_name = data.get("twin_of")
+    if base_name:
+        base = load_yaml(_dataset_file(base_name, root))
+        base.pop("twin_of", None)
+        data = deep_merge(base, data)
+    validate(data, "dataset", path)
+    _check_dataset(data, path)
+    return DatasetSpec(name=name, raw=data, path=path)
+
+
+def _check_dataset(data: dict[str, Any], path: Path) -> None:
+    """Cross-field rules a JSON schema cannot express."""
+    mods = data["modalities"]
+    if data["grid"]["reference"] not in mods:
+        raise ParamsError(f"{path}: grid.reference `{data['grid']['reference']}` is not a modality.")
+    if not any(m["role"] == "primary" for m in mods.values()):
+        raise ParamsError(f"{path}: at least one modality needs `role: primary`.")
+    for name, m in mods.items():
+        for field in ("band_names", "wavelengths_nm"):
+            if field in m and len(m[field]) != m["bands"]:
+                raise ParamsError(
+                    f"{path}: modalities.{name}.{field} has {len(m[field])} entries for {m['bands']} bands."
+                )
+    ids = [c["id"] for c in data["classes"]]
+    if len(set(ids)) != len(ids):
+        raise ParamsError(f"{path}: class ids must be unique, got {ids}.")
+    if data["labels"].get("unlabelled", 0) in ids:
+        raise ParamsError(f"{path}: the unlabelled value is also a class id.")
+    if data["patch_size"] % 2 == 0:
+        raise ParamsError(f"{path}: patch_size must be odd so a patch has a centre pixel.")
+    if data["source"]["kind"] == "twin" and "twin" not in data:
+        raise ParamsError(f"{path}: `source.kind: twin` needs a `twin:` section.")
+
+
+def list_datasets(root: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in ((root or params_dir()) / "datasets").glob("*.yaml"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    title: str
+    kind: str
+    preset: str
+    architecture: dict[str, Any]
+    training: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def load_model(name: str, preset: str, root: Path | None = None) -> ModelSpec:
+    """Read ``params/models/<name>.yaml`` and pick one preset (``quick`` or ``paper``)."""
+    path = (root or params_dir()) / "models" / f"{name}.yaml"
+    data = validate(load_yaml(path), "model", path)
+    if data["name"] != name:
+        raise ParamsError(f"{path}: `name: {data['name']}` must equal the file name `{name}`.")
+    if preset not in data["presets"]:
+        raise ParamsError(f"{path}: no preset `{preset}`; choose one of {sorted(data['presets'])}.")
+    chosen = data["presets"][preset]
+    return ModelSpec(
+        name=name,
+        title=data["title"],
+        kind=data["kind"],
+        preset=preset,
+        architecture=dict(chosen["architecture"]),
+        training=dict(chosen["training"]),
+        raw=data,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipeline and experiments
+# --------------------------------------------------------------------------------------------------
+
+
+def load_pipeline(path: Path | None = None) -> dict[str, Any]:
+    path = path or params_dir() / "pipeline.yaml"
+    return validate(load_yaml(path), "pipeline", path)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One trainable configuration: a model, the modalities it sees, a preset and the GAN switch."""
+
+    name: str
+    model: str
+    modalities: tuple[str, ...]
+    preset: str
+    augmented: bool | None
+
+    def as_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "modalities": list(self.modalities),
+            "preset": self.preset,
+            "augmented": self.augmented,
+        }
+
+
+def resolve_modalities(requested: list[str] | None, dataset: DatasetSpec) -> tuple[str, ...]:
+    """Expand roles (``primary``/``auxiliary``) into modality names, in the dataset's order."""
+    available = list(dataset.modalities)
+    if not requested:
+        return tuple(available)
+    chosen: set[str] = set()
+    for item in requested:
+        if item in ROLES:
+            chosen.update(dataset.modalities_with_role(item))
+        elif item in available:
+            chosen.add(item)
+        else:
+            raise ParamsError(
+                f"params/pipeline.yaml: experiment modality `{item}` is neither a role {ROLES} nor a "
+                f"modality of {dataset.name} ({', '.join(available)})."
+            )
+    return tuple(n for n in available if n in chosen)
+
+
+def resolve_experiments(pipeline: dict[str, Any], dataset: DatasetSpec) -> list[Experiment]:
+    """The pipeline's experiments for one dataset, with modality roles resolved and names derived.
+
+    A derived name is the model, then ``-<modalities>`` when not all are used, ``-gan`` when GAN
+    patches are added and ``-<preset>`` when it differs from the pipeline preset.
+    """
+    out: list[Experiment] = []
+    for entry in pipeline["experiments"]:
+        mods = resolve_modalities(entry.get("modalities"), dataset)
+        preset = entry.get("preset", pipeline["preset"])
+        augmented = entry.get("augmented")
+        name = entry.get("name")
+        if not name:
+            name = entry["model"]
+            if len(mods) < len(dataset.modalities):
+                name += "-" + "+".join(mods)
+            if augmented:
+                name += "-gan"
+            if preset != pipeline["preset"]:
+                name += f"-{preset}"
+        out.append(Experiment(name, entry["model"], mods, preset, augmented))
+    names = [e.name for e in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ParamsError(
+            f"params/pipeline.yaml: experiments resolve to duplicate names {dupes}; set `name:`."
+        )
+    return out
+
+
+def find_experiment(pipeline: dict[str, Any], dataset: DatasetSpec, name: str) -> Experiment:
+    for exp in resolve_experiments(pipeline, dataset):
+        if exp.name == name:
+            return exp
+    raise ParamsError(f"params/pipeline.yaml: no experiment named `{name}` for dataset {dataset.name}.")
