@@ -1,0 +1,1 @@
+"""Deterministic synthetic twins of the real datasets, packaged like the real distributions."""
