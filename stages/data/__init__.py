@@ -1,0 +1,1 @@
+"""The patch store and its readers: windows over scenes, splits, batch iterators."""
