@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import platform
 import random
@@ -26,8 +28,28 @@ _PACKAGES = (
 )
 
 
+def tune_malloc(threshold: int = 1 << 30) -> bool:
+    """Keep freed memory in the heap for reuse instead of returning it to the OS (glibc only).
+
+    By default glibc serves each large activation tensor with a fresh ``mmap`` and unmaps it when
+    freed, so every forward pass pays page faults on new memory: inference ran 2-10x slower and
+    erratically on the 2-core CI machine (``benchmarks/bench_models.py --no-glibc-tune``). Raising
+    the mmap and trim thresholds keeps those pages. Returns False where this does not apply.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(
+            libc.mallopt(m_trim_threshold, threshold)
+        )
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def set_threads(n: int) -> None:
-    """Pin torch and the BLAS/OpenMP pools to ``n`` threads (a rule's ``threads:``)."""
+    """Pin torch and the BLAS/OpenMP pools to ``n`` threads (a rule's ``threads:``), and tune malloc."""
+    tune_malloc()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     import torch
@@ -36,6 +58,15 @@ def set_threads(n: int) -> None:
     # inter-op threads can only be set before the first parallel op in the process
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
+
+
+def pick_device(requested: str = "auto"):
+    """``auto``: CUDA when present, else the CPU; otherwise the named torch device."""
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 def seed_everything(seed: int) -> None:
