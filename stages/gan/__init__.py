@@ -1,0 +1,1 @@
+"""Generative models for data augmentation."""
