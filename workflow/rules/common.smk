@@ -1,0 +1,65 @@
+# Helpers shared by the rules: dataset and experiment lookups from params/, and per-run paths.
+from functools import cache
+
+from stages.config import load_dataset, load_model, resolve_experiments
+
+# conda is optional (see README); paths are relative to the rule files in workflow/rules/.
+CONDA_ENV = "../../environment.yml"
+
+
+wildcard_constraints:
+    ds=r"[a-z0-9][a-z0-9_-]*",
+    run=r"[a-z0-9][a-z0-9_+.-]*",
+    seed=r"\d+",
+
+
+@cache
+def dataset(ds):
+    return load_dataset(ds)
+
+
+@cache
+def experiments(ds):
+    return {e.name: e for e in resolve_experiments(config, dataset(ds))}
+
+
+def experiment(wildcards):
+    return experiments(wildcards.ds)[wildcards.run]
+
+
+def dataset_params(wildcards):
+    """The dataset's params file and the real dataset it is a twin of (if any)."""
+    files = [f"params/datasets/{wildcards.ds}.yaml"]
+    base = dataset(wildcards.ds).raw.get("twin_of")
+    if base:
+        files.append(f"params/datasets/{base}.yaml")
+    return files
+
+
+def twin_source(wildcards):
+    """Twins are generated locally and served to the download stage; real data has no such input."""
+    return [f"data/twins/{wildcards.ds}"] if dataset(wildcards.ds).is_twin else []
+
+
+def uses_gan(wildcards):
+    exp = experiment(wildcards)
+    if exp.augmented is not None:
+        return exp.augmented
+    return bool(load_model(exp.model, exp.preset).training.get("use_augmented", False))
+
+
+def gan_store(wildcards):
+    return [f"results/{wildcards.ds}/augmented.zarr"] if uses_gan(wildcards) else []
+
+
+def run_dirs(ds):
+    return [f"results/{ds}/runs/{run}/seed{seed}" for run in experiments(ds) for seed in config["seeds"]]
+
+
+def mlflow_experiment(ds):
+    return f"{config['mlflow']['experiment_prefix']}-{ds}"
+
+
+def tracking_uri_arg():
+    uri = config["mlflow"]["tracking_uri"]
+    return f"--tracking-uri {uri}" if uri else ""

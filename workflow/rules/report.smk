@@ -1,0 +1,24 @@
+# The per-dataset report: comparison table over seeds, figures and a sha256 manifest of every artifact.
+
+
+rule report:
+    input:
+        metrics=lambda w: [f"{d}/metrics.json" for d in run_dirs(w.ds)],
+        maps=lambda w: [f"{d}/map.tif" for d in run_dirs(w.ds)],
+        confusion=lambda w: [f"{d}/confusion.csv" for d in run_dirs(w.ds)],
+        quality="results/{ds}/augment/quality.json",
+        patches="results/{ds}/patches.json",
+        coreg="results/{ds}/coreg",
+    output:
+        directory("results/{ds}/all"),
+    params:
+        runs=lambda w: " ".join(run_dirs(w.ds)),
+    log:
+        "results/{ds}/logs/report.log",
+    benchmark:
+        "results/{ds}/benchmarks/report.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m stages.report --dataset {wildcards.ds} --results results/{wildcards.ds}"
+        " --runs {params.runs} --out {output} > {log} 2>&1"
