@@ -84,20 +84,25 @@ def plot_maps(
     wide = w >= h
     n = len(maps)
     scale = 9.0 / max(h, w)
-    figsize = (
-        (w * scale + 0.5, (h * scale + 0.4) * n + 1.2)
-        if wide
-        else ((w * scale + 0.4) * n + 2.5, h * scale + 0.8)
-    )
+    figsize = (w * scale + 0.3, (h * scale + 0.3) * n) if wide else ((w * scale + 0.3) * n, h * scale + 0.4)
     fig, axes = plt.subplots(n if wide else 1, 1 if wide else n, figsize=figsize, squeeze=False)
     for ax, m, title in zip(axes.ravel(), maps, titles, strict=True):
         ax.imshow(palette_image(m, palette), interpolation="nearest")
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     handles = [Patch(color=np.array(c) / 255, label=name) for c, name in zip(palette, names, strict=True)]
-    fig.legend(
-        handles=handles, loc="outside lower center", ncol=min(len(names), 8), fontsize=6, frameon=False
-    )
+    last = axes.ravel()[-1]
+    if wide:  # under the last map; the tight bounding box trims the figure around it
+        last.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.02),
+            ncol=min(len(names), 8),
+            fontsize=6,
+            frameon=False,
+        )
+    else:
+        last.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6, frameon=False)
     _save(fig, path)
 
 

@@ -1,15 +1,20 @@
 """Stage ``report``: ``results/<dataset>/all``, the one folder a reader opens.
 
-``python -m stages.report --dataset NAME --results results/NAME --runs <run dirs...> --out results/NAME/all``
+``python -m stages.report index --out results/NAME/runs/index.json results/NAME/runs/*/seed*/metrics.json``
+``python -m stages.report build --dataset NAME --results results/NAME --index results/NAME/runs/index.json
+--out results/NAME/all``
 
 * ``table.md`` / ``table.csv``: every experiment (model x modalities) as mean ± std over seeds of
-  test OA, AA, kappa and macro F1; ``per_class.csv``: mean per-class accuracy; ``metrics.json``: the
-  same numbers for ``dvc metrics``.
+  test OA, AA, kappa and macro F1; ``per_class.csv``: mean per-class accuracy.
 * ``figures/``: the test ground truth beside each experiment's map, the confusion matrices (summed
   over seeds) and per-class accuracy bars.
 * ``report.md``: the table, the GAN's quality, the data summary and provenance.
 * ``manifest.json``: the sha256 and size of every artifact under ``results/<dataset>/`` (logs and
   Snakemake benchmarks excluded; they are diagnostics, not artifacts).
+
+Beside the folder, for DVC: ``results/<dataset>/metrics.json`` (``dvc metrics show``) and
+``results/<dataset>/curves/<experiment>.csv``, the validation curve of each experiment's first seed
+(``dvc plots show`` draws one line per file).
 """
 
 from __future__ import annotations
@@ -105,11 +110,24 @@ def manifest(results: Path, extra_root: Path) -> dict[str, Any]:
     """sha256 and size of every artifact under ``results`` (a zarr store counts file by file)."""
     entries = {}
     for path in tree_files(results, exclude=EXCLUDED):
-        entries[path.relative_to(results).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        entries[path.relative_to(results).as_posix()] = {
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+        }
     for path in tree_files(extra_root):
         rel = (Path("all") / path.relative_to(extra_root)).as_posix()
         entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return {"root": results.name, "files": dict(sorted(entries.items()))}
+
+
+def write_curves(groups: OrderedDict[str, list[dict[str, Any]]], folder: Path) -> None:
+    with atomic_dir(folder) as tmp:
+        for exp, runs in groups.items():
+            history = json.loads((runs[0]["run_dir"] / "train.json").read_text())["history"]
+            lines = ["epoch,val_oa,train_loss"] + [
+                f"{h['epoch']},{h['val_oa']:.6f},{h['train_loss']:.6f}" for h in history
+            ]
+            (tmp / f"{exp}.csv").write_text("\n".join(lines) + "\n")
 
 
 def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -> dict[str, Any]:
@@ -131,13 +149,17 @@ def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -
         (tmp / "table.md").write_text(markdown_table(rows))
         (tmp / "table.csv").write_text(csv_text(rows))
         classes = per_class(groups, names)
-        per_class_rows = [{"class": n, **{e: f"{v[i]:.6f}" for e, v in classes.items()}} for i, n in enumerate(names)]
+        per_class_rows = [
+            {"class": n, **{e: f"{v[i]:.6f}" for e, v in classes.items()}} for i, n in enumerate(names)
+        ]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(per_class_rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(per_class_rows)
         (tmp / "per_class.csv").write_text(buf.getvalue())
-        write_json(tmp / "metrics.json", {r["experiment"]: {k: v for k, v in r.items() if k != "experiment"} for r in rows})
+        summary = {r["experiment"]: {k: v for k, v in r.items() if k != "experiment"} for r in rows}
+        write_json(results / "metrics.json", summary)
+        write_curves(groups, results / "curves")
 
         maps, titles = [truth], ["test ground truth"]
         for exp, runs in groups.items():
@@ -146,9 +168,19 @@ def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -
             titles.append(f"{exp} (seed {runs[0]['seed']}): OA {runs[0]['test']['oa'] * 100:.2f}%")
         plot_maps(figures / "maps.png", maps, titles, palette, names)
         for exp, runs in groups.items():
-            cm = sum(np.loadtxt(r["run_dir"] / "confusion.csv", delimiter=",", skiprows=1,
-                                usecols=range(1, len(names) + 1), dtype=np.int64) for r in runs)
-            plot_confusion(figures / f"confusion_{exp}.png", cm, names, f"{exp} ({len(runs)} seed(s), summed)")
+            cm = sum(
+                np.loadtxt(
+                    r["run_dir"] / "confusion.csv",
+                    delimiter=",",
+                    skiprows=1,
+                    usecols=range(1, len(names) + 1),
+                    dtype=np.int64,
+                )
+                for r in runs
+            )
+            plot_confusion(
+                figures / f"confusion_{exp}.png", cm, names, f"{exp} ({len(runs)} seed(s), summed)"
+            )
         plot_per_class(figures / "per_class.png", classes, names, "test accuracy (mean over seeds)")
         (tmp / "report.md").write_text(report_markdown(dataset, rows, groups, quality, data, coreg))
         write_json(tmp / "manifest.json", manifest(results, tmp))
@@ -169,8 +201,8 @@ def report_markdown(
     lines = [
         f"# landfuse report: {dataset}",
         "",
-        f"Test scores over {counts['test']} official test pixels; checkpoints selected on {counts['val']} validation "
-        f"pixels carved from the {counts['train'] + counts['val']} official training pixels.",
+        f"Test scores over {counts['test']} official test pixels; checkpoints selected on {counts['val']} "
+        f"validation pixels carved from the {counts['train'] + counts['val']} official training pixels.",
         "",
         markdown_table(rows),
         "Per-class accuracies: `per_class.csv`; figures: `figures/`.",
@@ -179,7 +211,8 @@ def report_markdown(
         "",
         "## GAN augmentation (trained on the training split only)",
         "",
-        f"- mean spectral angle, generated vs real class means: {quality.get('mean_spectral_angle_deg')} degrees",
+        "- mean spectral angle, generated vs real class means (degrees): "
+        + ", ".join(f"{m} {a:.2f}" for m, a in quality.get("mean_spectral_angle_deg", {}).items()),
         f"- train on synthetic, test on real validation: {quality['tstr_val_accuracy'] * 100:.2f}% "
         f"(train on real: {quality['trtr_val_accuracy'] * 100:.2f}%)",
         "",
@@ -188,7 +221,10 @@ def report_markdown(
         f"- patch store sha256: `{data['sha256']}` ({data['files']} files, {data['bytes'] / 1e6:.1f} MB)",
         f"- grid: {coreg['grid']['height']} x {coreg['grid']['width']}, CRS {coreg['grid']['crs']}",
         "- residual shifts vs the reference (px): "
-        + ", ".join(f"{m}: ({v['shift_px']['dy']:+.2f}, {v['shift_px']['dx']:+.2f})" for m, v in coreg["modalities"].items()),
+        + ", ".join(
+            f"{m}: ({v['shift_px']['dy']:+.2f}, {v['shift_px']['dx']:+.2f})"
+            for m, v in coreg["modalities"].items()
+        ),
         "",
         "## Provenance",
         "",
@@ -199,15 +235,43 @@ def report_markdown(
     return "\n".join(lines)
 
 
+def write_index(out: Path, metrics_files: list[Path]) -> list[dict[str, Any]]:
+    """The evaluated runs, in pipeline order: run folder, experiment, seed and headline test scores."""
+    runs = []
+    for path in metrics_files:
+        m = json.loads(path.read_text())
+        runs.append(
+            {
+                "run_dir": path.parent.as_posix(),
+                "experiment": m["experiment"],
+                "seed": m["seed"],
+                "test_oa": m["test"]["oa"],
+                "test_aa": m["test"]["aa"],
+                "test_kappa": m["test"]["kappa"],
+            }
+        )
+    write_json(out, {"runs": runs})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--results", required=True, type=Path)
-    parser.add_argument("--runs", required=True, nargs="+", type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    sub = parser.add_subparsers(dest="command", required=True)
+    index = sub.add_parser("index", help="list the evaluated runs")
+    index.add_argument("--out", required=True, type=Path)
+    index.add_argument("metrics", nargs="+", type=Path)
+    build = sub.add_parser("build", help="write results/<dataset>/all")
+    build.add_argument("--dataset", required=True)
+    build.add_argument("--results", required=True, type=Path)
+    build.add_argument("--index", required=True, type=Path)
+    build.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     setup_logging()
-    build_report(args.dataset, args.results, args.runs, args.out)
+    if args.command == "index":
+        write_index(args.out, args.metrics)
+    else:
+        runs = json.loads(args.index.read_text())["runs"]
+        build_report(args.dataset, args.results, [Path(r["run_dir"]) for r in runs], args.out)
 
 
 if __name__ == "__main__":

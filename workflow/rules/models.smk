@@ -76,3 +76,18 @@ rule evaluate:
     shell:
         "python -m stages.evaluate --dataset {wildcards.ds} --store {input.store}"
         " --run results/{wildcards.ds}/runs/{wildcards.run}/seed{wildcards.seed} --threads {threads} > {log} 2>&1"
+
+
+rule index_runs:
+    input:
+        metrics=lambda w: [f"{d}/metrics.json" for d in run_dirs(w.ds)],
+    output:
+        "results/{ds}/runs/index.json",
+    log:
+        "results/{ds}/logs/index_runs.log",
+    benchmark:
+        "results/{ds}/benchmarks/index_runs.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m stages.report index --out {output} {input.metrics} > {log} 2>&1"

@@ -3,6 +3,7 @@
 
 rule report:
     input:
+        index="results/{ds}/runs/index.json",
         metrics=lambda w: [f"{d}/metrics.json" for d in run_dirs(w.ds)],
         maps=lambda w: [f"{d}/map.tif" for d in run_dirs(w.ds)],
         confusion=lambda w: [f"{d}/confusion.csv" for d in run_dirs(w.ds)],
@@ -10,9 +11,9 @@ rule report:
         patches="results/{ds}/patches.json",
         coreg="results/{ds}/coreg",
     output:
-        directory("results/{ds}/all"),
-    params:
-        runs=lambda w: " ".join(run_dirs(w.ds)),
+        report=directory("results/{ds}/all"),
+        metrics="results/{ds}/metrics.json",
+        curves=directory("results/{ds}/curves"),
     log:
         "results/{ds}/logs/report.log",
     benchmark:
@@ -20,5 +21,5 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "python -m stages.report --dataset {wildcards.ds} --results results/{wildcards.ds}"
-        " --runs {params.runs} --out {output} > {log} 2>&1"
+        "python -m stages.report build --dataset {wildcards.ds} --results results/{wildcards.ds}"
+        " --index {input.index} --out {output.report} > {log} 2>&1"
