@@ -226,13 +226,19 @@ def augment(
     seed: int = 0,
     threads: int = 2,
     device: str = "auto",
+    steps: int | None = None,
 ) -> dict[str, Any]:
+    """Train the GAN, write the synthetic store and the quality report.
+
+    ``steps`` overrides the preset's generator steps (smoke runs); the report records what ran.
+    """
     set_threads(threads)
     seed_everything(seed)
     dev = pick_device(device)
     spec = load_model("wgan_gp", preset)
+    cfg = {**spec.training, "epochs": steps or spec.training["epochs"]}
     store = PatchStore(store_path)
-    gen_model = train_gan(store, spec.architecture, spec.training, seed, dev).cpu()
+    gen_model = train_gan(store, spec.architecture, cfg, seed, dev).cpu()
 
     labels = np.tile(np.arange(store.n_classes), samples_per_class)  # interleaved classes
     chunk = int(store.patches("train", next(iter(store.modalities))).chunks[0])
@@ -258,6 +264,7 @@ def augment(
         zarr.open_group(tmp, mode="r+").attrs.update(attrs)
     report = quality(store, synthetic, labels, seed)
     report.update(
+        generator_steps=cfg["epochs"],
         generator="wgan_gp",
         preset=preset,
         seed=seed,
@@ -286,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's generator steps")
     args = parser.parse_args(argv)
     setup_logging()
     augment(
@@ -297,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         threads=args.threads,
         device=args.device,
+        steps=args.steps,
     )
 
 

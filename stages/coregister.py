@@ -108,7 +108,7 @@ def source_transform(ds: DatasetReader, grid: Grid) -> Affine:
     """A raster without georeferencing is assumed to cover the reference footprint exactly."""
     if _has_geotransform(ds):
         return ds.transform
-    return grid.transform * Affine.scale(grid.width / ds.width, grid.height / ds.height)
+    return grid.transform @ Affine.scale(grid.width / ds.width, grid.height / ds.height)
 
 
 def on_grid(ds: DatasetReader, grid: Grid) -> bool:
