@@ -23,3 +23,10 @@ rule all:
     default_target: True
     input:
         expand("results/{ds}/all", ds=config["datasets"]),
+
+
+# Light rules run on the submitting host under a cluster executor (see workflow/profiles/slurm).
+localrules:
+    mlflow_init,
+    index_runs,
+    report,
