@@ -1,0 +1,118 @@
+"""Shared fixtures: a small twin taken through the real stages once per session, and project copies.
+
+Every fixture runs the real code paths (twin generator, loopback HTTP download, rasterio
+co-registration, Zarr store); nothing is mocked. Torch is pinned to one thread in the test process:
+two threads stall each other on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = "houston2013-twin-small"
+
+torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class SmallTwin:
+    twin: Path
+    raw: Path
+    coreg: Path
+    store: Path
+    summary: Path
+
+
+@pytest.fixture(scope="session")
+def small_twin(tmp_path_factory: pytest.TempPathFactory) -> SmallTwin:
+    """The small Houston twin: generated, served and downloaded, co-registered, and in a patch store."""
+    from stages.config import load_dataset
+    from stages.coregister import coregister
+    from stages.download import download_dataset
+    from stages.io.atomic import write_json
+    from stages.patches import build_patch_store
+    from stages.twin import generate_twin
+
+    base = tmp_path_factory.mktemp("small")
+    spec = load_dataset(SMALL)
+    paths = SmallTwin(
+        base / "twin", base / "raw", base / "coreg", base / "patches.zarr", base / "patches.json"
+    )
+    generate_twin(spec, paths.twin)
+    download_dataset(spec, paths.raw, twin_dir=paths.twin)
+    coregister(spec, paths.raw, paths.coreg, threads=1)
+    summary = build_patch_store(
+        spec,
+        paths.coreg,
+        paths.store,
+        val_fraction=0.2,
+        split_seed=0,
+        chunk_samples=64,
+        shard_samples=128,
+        threads=1,
+    )
+    write_json(paths.summary, summary)
+    return paths
+
+
+def project_files() -> list[str]:
+    """The project as a clean clone would have it: tracked files plus untracked, not-ignored ones."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in out.stdout.splitlines() if (ROOT / line).is_file()]
+
+
+def copy_project(dest: Path) -> Path:
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    return dest
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for Snakemake/DVC subprocesses: this interpreter's bin first (rules call ``python``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SNAKEMAKE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 1200, **env: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
+            f"{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def shrink_to_test_size(root: Path, experiments: list[dict], gan_steps: int) -> None:
+    """Shrink the copied project's configuration to test size (same code, smaller workload)."""
+    pipeline_path = root / "params" / "pipeline.yaml"
+    pipeline = yaml.safe_load(pipeline_path.read_text())
+    pipeline.update(datasets=[SMALL], seeds=[0], experiments=experiments)
+    pipeline["augment"]["samples_per_class"] = 20
+    pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    gan_path = root / "params" / "models" / "wgan_gp.yaml"
+    gan = yaml.safe_load(gan_path.read_text())
+    gan["presets"]["quick"]["training"]["epochs"] = gan_steps
+    gan_path.write_text(yaml.safe_dump(gan, sort_keys=False))

@@ -1,0 +1,123 @@
+"""End to end: real Snakemake on the small twin, from twin generation to the report, in a project copy.
+
+The copy gets a test-sized configuration (one seed, four experiments, a short GAN run); everything
+else is the project as committed. The thresholds below were measured on the small twin (quick
+presets, seed 0: fused CNN 0.79 OA, HSI-only 0.74, LiDAR-only 0.39, FusAtNet 0.63) and leave room
+for floating-point differences between machines, not for a broken pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import rasterio
+
+from stages.io.hashing import sha256_file
+from tests.conftest import SMALL, copy_project, run, shrink_to_test_size
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENTS = [
+    {"model": "two_branch_cnn"},
+    {"model": "two_branch_cnn", "modalities": ["primary"]},
+    {"model": "two_branch_cnn", "modalities": ["auxiliary"]},
+    {"model": "fusatnet"},
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    shrink_to_test_size(root, EXPERIMENTS, gan_steps=40)
+    run(["snakemake", "--cores", "2", f"results/{SMALL}/all"], cwd=root)
+    return root
+
+
+def _metrics(root: Path) -> dict[str, dict]:
+    return json.loads((root / "results" / SMALL / "metrics.json").read_text())
+
+
+def test_report_holds_table_figures_and_manifest(project: Path) -> None:
+    out = project / "results" / SMALL / "all"
+    for name in (
+        "table.md",
+        "table.csv",
+        "per_class.csv",
+        "report.md",
+        "manifest.json",
+        "figures/maps.png",
+        "figures/per_class.png",
+        "figures/confusion_fusatnet.png",
+    ):
+        assert (out / name).is_file(), name
+    table = (out / "table.md").read_text()
+    for exp in ("two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"):
+        assert f"| {exp} |" in table
+    assert sorted(p.stem for p in (project / "results" / SMALL / "curves").glob("*.csv")) == sorted(
+        ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"]
+    )
+
+
+def test_manifest_lists_every_artifact_with_its_sha256(project: Path) -> None:
+    results = project / "results" / SMALL
+    manifest = json.loads((results / "all" / "manifest.json").read_text())["files"]
+    for rel, entry in manifest.items():
+        path = results / rel
+        assert sha256_file(path) == entry["sha256"], rel
+        assert path.stat().st_size == entry["bytes"], rel
+    names = set(manifest)
+    for needed in (
+        "coreg/hsi.tif",
+        "coreg/grid.json",
+        "patches.json",
+        "augment/quality.json",
+        "runs/fusatnet/seed0/model.pt",
+        "runs/fusatnet/seed0/map.tif",
+        "all/table.md",
+    ):
+        assert needed in names, needed
+    assert any(n.startswith("patches.zarr/scene/hsi/data/") for n in names)
+    assert not any(n.startswith(("logs/", "benchmarks/")) for n in names)
+
+
+def test_fusion_beats_each_modality_alone(project: Path) -> None:
+    m = _metrics(project)
+    fused, hsi, lidar = (
+        m[k]["oa_mean"] for k in ("two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar")
+    )
+    assert fused >= 0.70 and hsi >= 0.60 and 0.25 <= lidar <= 0.55
+    assert fused > hsi and fused > lidar + 0.2
+    assert (
+        m["fusatnet"]["oa_mean"] >= 0.45
+    )  # far above chance (1/15); the small twin has ~230 training patches
+
+
+def test_maps_are_georeferenced_class_rasters(project: Path) -> None:
+    path = project / "results" / SMALL / "runs" / "two_branch_cnn" / "seed0" / "map.tif"
+    with rasterio.open(path) as ds:
+        assert ds.crs.to_epsg() == 32615 and ds.dtypes[0] == "uint8"
+        assert ds.colormap(1)[6][:3] == (0, 255, 255)  # Water
+        assert ds.read(1).min() >= 1 and ds.read(1).max() <= 15
+
+
+def test_second_snakemake_run_has_nothing_to_do(project: Path) -> None:
+    proc = run(["snakemake", "-n", "--cores", "2", f"results/{SMALL}/all"], cwd=project)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_mlflow_holds_one_run_per_experiment_and_seed(project: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'results' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[f"landfuse-{SMALL}"], output_format="list")
+    assert sorted(r.data.tags["experiment"] for r in runs) == sorted(
+        ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"]
+    )
+    metrics = _metrics(project)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.metrics["test_oa"] == pytest.approx(metrics[r.data.tags["experiment"]]["oa_mean"])
+        assert "training.optimizer.lr" in r.data.params and r.data.tags["seed"] == "0"
+        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)}
+        assert {"checkpoint", "evaluation", "model"} <= artifacts
