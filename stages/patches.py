@@ -54,6 +54,7 @@ from stages.data.windows import order_by_tile, patches_at
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_tree
 from stages.io.logs import setup_logging
+from stages.io.raster import BLOCK as GEOTIFF_BLOCK
 from stages.io.raster import GDAL_CACHE_MB
 
 log = logging.getLogger("landfuse.patches")
@@ -62,14 +63,15 @@ COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 SPLITS = ("train", "val", "test")
 
 
-def _read_tif(path: Path):
-    """A ``read(r0, r1, c0, c1) -> (bands, h, w) float32`` over a GeoTIFF; opens per call (thread-safe)."""
+@contextlib.contextmanager
+def _tif_reader(path: Path) -> Iterator[Any]:
+    """``read(r0, r1, c0, c1) -> (bands, h, w) float32`` over one open GeoTIFF (one per thread/task)."""
+    with rasterio.open(path) as ds:
 
-    def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        with rasterio.open(path) as ds:
-            return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
+        def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            return ds.read(window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=np.float32)
 
-    return read
+        yield read
 
 
 def _read_zarr(array: zarr.Array):
@@ -107,12 +109,14 @@ def _scene_array(path: Path, mean: np.ndarray, std: np.ndarray, valid: np.ndarra
     """The normalised scene ``(bands, H, W)`` as a dask array whose blocks are Zarr shards."""
     bands = len(mean)
     height, width = valid.shape
-    read = _read_tif(path)
     mean32, std32 = mean.astype(np.float32)[:, None, None], std.astype(np.float32)[:, None, None]
 
     def block(block_info: dict[Any, Any] | None = None) -> np.ndarray:
         (_, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
-        out = (read(r0, r1, c0, c1) - mean32) / std32
+        with _tif_reader(path) as read:
+            out = read(r0, r1, c0, c1)
+        out -= mean32  # in place: a block is a whole shard, so temporaries would double the memory
+        out /= std32
         out[:, ~valid[r0:r1, c0:c1]] = 0.0
         return out
 
@@ -180,9 +184,9 @@ def build_patch_store(
     modalities = spec.modalities
     stats = {}
     for name in modalities:
-        mean, std = band_statistics(
-            _read_tif(coreg / f"{name}.tif"), points["train"][0], height, width, scene_chunk
-        )
+        with _tif_reader(coreg / f"{name}.tif") as read:
+            # tiles aligned with the GeoTIFF's own blocks, so each block is decoded once
+            mean, std = band_statistics(read, points["train"][0], height, width, GEOTIFF_BLOCK)
         stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
 
     with (

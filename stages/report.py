@@ -110,13 +110,13 @@ def manifest(results: Path, extra_root: Path) -> dict[str, Any]:
     """sha256 and size of every artifact under ``results`` (a zarr store counts file by file)."""
     entries = {}
     for path in tree_files(results, exclude=EXCLUDED):
-        entries[path.relative_to(results).as_posix()] = {
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-        }
+        rel = path.relative_to(results)
+        if rel.parts[0].startswith("."):
+            continue  # an atomic write in flight (e.g. this report's own temporary folder)
+        entries[rel.as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     for path in tree_files(extra_root):
-        rel = (Path("all") / path.relative_to(extra_root)).as_posix()
-        entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        rel = Path("all") / path.relative_to(extra_root)
+        entries[rel.as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return {"root": results.name, "files": dict(sorted(entries.items()))}
 
 

@@ -120,4 +120,11 @@ def test_mlflow_holds_one_run_per_experiment_and_seed(project: Path) -> None:
         assert r.data.metrics["test_oa"] == pytest.approx(metrics[r.data.tags["experiment"]]["oa_mean"])
         assert "training.optimizer.lr" in r.data.params and r.data.tags["seed"] == "0"
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)}
-        assert {"checkpoint", "evaluation", "model"} <= artifacts
+        assert {"checkpoint", "evaluation"} <= artifacts
+        # MLflow 3 logs models as their own entities, linked to the run that produced them
+        models = mlflow.search_logged_models(
+            experiment_ids=[r.info.experiment_id],
+            filter_string=f"source_run_id = '{r.info.run_id}'",
+            output_format="list",
+        )
+        assert [m.name for m in models] == ["model"]
