@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stages.config import load_model
-from stages.data.store import ModalityBinding, PatchStore, TrainingBatches
+from stages.data.store import ModalityBinding, PatchStore, TrainingBatches, read_split
 from stages.gan.wgan import Generator, ProjectionCritic, critic_loss, generator_loss, sample_noise
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.logs import progress, setup_logging
@@ -129,11 +129,8 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
 
 def quality(store: PatchStore, synthetic: np.ndarray, syn_y: np.ndarray, seed: int) -> dict[str, Any]:
     """Spectral angles and TSTR vs TRTR accuracy (see module docstring). ``synthetic`` is normalised."""
-    binding = _all_modalities(store)
-    real = {
-        s: next(TrainingBatches([(store, s)], binding, store.class_ids, 10**9).epoch(None))
-        for s in ("train", "val")
-    }
+    names = tuple(store.modalities)
+    real = {s: read_split(store, s, names) for s in ("train", "val")}
     norm = store.attrs["normalisation"]
     out: dict[str, Any] = {"spectral_angle_deg": {}, "real_train_vs_val_angle_deg": {}}
     offset = 0
@@ -150,10 +147,10 @@ def quality(store: PatchStore, synthetic: np.ndarray, syn_y: np.ndarray, seed: i
 
         angles, floor = {}, {}
         for k, c in enumerate(store.classes):
-            ref = class_mean(real["train"][0], real["train"][2], k)
+            ref = class_mean(real["train"][0], real["train"][1], k)
             angles[c["key"]] = _angle(class_mean(synthetic, syn_y, k), ref)
-            if (real["val"][2] == k).any():
-                floor[c["key"]] = _angle(class_mean(real["val"][0], real["val"][2], k), ref)
+            if (real["val"][1] == k).any():
+                floor[c["key"]] = _angle(class_mean(real["val"][0], real["val"][1], k), ref)
         out["spectral_angle_deg"][name] = angles
         out["real_train_vs_val_angle_deg"][name] = floor
         out.setdefault("mean_spectral_angle_deg", {})[name] = float(np.mean(list(angles.values())))
@@ -161,10 +158,10 @@ def quality(store: PatchStore, synthetic: np.ndarray, syn_y: np.ndarray, seed: i
     def fit_score(x: np.ndarray, y: np.ndarray) -> float:
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
         clf.fit(_features(x), y)
-        return float((clf.predict(_features(real["val"][0])) == real["val"][2]).mean())
+        return float((clf.predict(_features(real["val"][0])) == real["val"][1]).mean())
 
     out["tstr_val_accuracy"] = fit_score(synthetic, syn_y)
-    out["trtr_val_accuracy"] = fit_score(real["train"][0], real["train"][2])
+    out["trtr_val_accuracy"] = fit_score(real["train"][0], real["train"][1])
     return out
 
 
@@ -177,8 +174,7 @@ def plot_spectra(path: Path, store: PatchStore, synthetic: np.ndarray, syn_y: np
 
     from stages.plots import _save
 
-    binding = _all_modalities(store)
-    real_x, _, real_y = next(TrainingBatches([(store, "train")], binding, store.class_ids, 10**9).epoch(None))
+    real_x, real_y = read_split(store, "train", tuple(store.modalities))
     offset, name = 0, None
     for n, meta in store.modalities.items():
         if meta["bands"] >= 2:

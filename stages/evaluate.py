@@ -28,7 +28,7 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from stages.data.store import PatchStore, scene_batches
+from stages.data.store import PatchStore, ids_to_index, scene_batches
 from stages.io.atomic import write_json, write_text
 from stages.io.logs import progress, setup_logging
 from stages.io.raster import write_class_map
@@ -46,11 +46,10 @@ def predict_scene(
 ) -> np.ndarray:
     """Class ids (1..K, 0 where the scene has no data) for every pixel, ``(H, W)`` uint8."""
     model.eval()
-    height, width = store.valid().shape
+    valid = store.valid()
     class_ids = store.class_ids.astype(np.uint8)
-    out = np.zeros((height, width), dtype=np.uint8)
-    n_valid = int(store.valid().sum())
-    bar = progress(None, desc="map", total=n_valid, unit="px")
+    out = np.zeros(valid.shape, dtype=np.uint8)
+    bar = progress(None, desc="map", total=int(valid.sum()), unit="px")
     for pts, primary, auxiliary in scene_batches(store, binding, batch):
         logits = model(torch.from_numpy(primary).to(device), torch.from_numpy(auxiliary).to(device))
         out[pts[:, 0], pts[:, 1]] = class_ids[logits.argmax(1).cpu().numpy()]
@@ -81,8 +80,7 @@ def evaluate(
     class_map = predict_scene(model, store, binding, dev, batch)
     yx = store.yx("test")
     y_true = store.targets("test")
-    y_pred_ids = class_map[yx[:, 0], yx[:, 1]]
-    y_pred = np.searchsorted(store.class_ids, y_pred_ids)
+    y_pred = ids_to_index(class_map[yx[:, 0], yx[:, 1]], store.class_ids)
     cm = confusion_matrix(y_true, y_pred, store.n_classes)
     result = scores(cm)
     train_info = json.loads((run_dir / "train.json").read_text())

@@ -128,6 +128,15 @@ class ModalityBinding:
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # primary, auxiliary, class indices
 
 
+def read_split(store: PatchStore, split: str, modalities: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """All patches of a materialised split, modalities concatenated on the band axis, and class indices.
+
+    For small splits only (quality reports); training streams through :class:`TrainingBatches`.
+    """
+    patches = np.concatenate([np.asarray(store.patches(split, m)[:]) for m in modalities], axis=1)
+    return patches, store.targets(split)
+
+
 class TrainingBatches:
     """Shuffled mini-batches over materialised splits (train/val, optionally GAN patches).
 

@@ -16,33 +16,30 @@ def _tmp_sibling(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def _atomic(target: str | os.PathLike[str], directory: bool) -> Iterator[Path]:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(target)
+    _remove(tmp)
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if directory:
+            _remove(target)  # os.replace cannot replace a non-empty directory
+        os.replace(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+def atomic_path(target: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(target)
-    _remove(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        _remove(tmp)
+    return _atomic(target, directory=False)
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
     """Like :func:`atomic_path` for a directory: build it aside, then swap it in."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(target)
-    _remove(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _remove(target)
-        os.replace(tmp, target)
-    finally:
-        _remove(tmp)
+    return _atomic(target, directory=True)
 
 
 def _remove(path: Path) -> None:
