@@ -48,8 +48,8 @@ log = logging.getLogger("landfuse.augment")
 
 def _all_modalities(store: PatchStore) -> ModalityBinding:
     names = tuple(store.modalities)
-    # every modality into the first input, in store order; the second input is unused here
-    return ModalityBinding(primary=names, auxiliary=names[:1])
+    # every modality into the first input, in store order; the second stays empty
+    return ModalityBinding(primary=names, auxiliary=())
 
 
 def train_gan(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -267,10 +267,10 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
     if not any(m["role"] == "primary" for m in mods.values()):
         raise ParamsError(f"{path}: at least one modality needs `role: primary`.")
     for name, m in mods.items():
-        for field in ("band_names", "wavelengths_nm"):
-            if field in m and len(m[field]) != m["bands"]:
+        for key in ("band_names", "wavelengths_nm"):
+            if key in m and len(m[key]) != m["bands"]:
                 raise ParamsError(
-                    f"{path}: modalities.{name}.{field} has {len(m[field])} entries for {m['bands']} bands."
+                    f"{path}: modalities.{name}.{key} has {len(m[key])} entries for {m['bands']} bands."
                 )
     ids = [c["id"] for c in data["classes"]]
     if len(set(ids)) != len(ids):
@@ -335,13 +335,16 @@ def load_pipeline(path: Path | None = None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One trainable configuration: a model, the modalities it sees, a preset and the GAN switch."""
+    """One trainable configuration: a model, the modalities it sees, a preset, the GAN switch and
+    overrides of the preset's hyper-parameters (e.g. an ablation switch)."""
 
     name: str
     model: str
     modalities: tuple[str, ...]
     preset: str
     augmented: bool | None
+    architecture: dict[str, Any] = field(default_factory=dict, compare=False)
+    training: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -349,7 +352,26 @@ class Experiment:
             "modalities": list(self.modalities),
             "preset": self.preset,
             "augmented": self.augmented,
+            "architecture": self.architecture,
+            "training": self.training,
         }
+
+
+def model_for(experiment: Experiment, root: Path | None = None) -> ModelSpec:
+    """The experiment's model preset with its overrides applied (the one place they are applied)."""
+    spec = load_model(experiment.model, experiment.preset, root)
+    training = deep_merge(spec.training, experiment.training)
+    if experiment.augmented is not None:
+        training["use_augmented"] = experiment.augmented
+    return ModelSpec(
+        name=spec.name,
+        title=spec.title,
+        kind=spec.kind,
+        preset=spec.preset,
+        architecture=deep_merge(spec.architecture, experiment.architecture),
+        training=training,
+        raw=spec.raw,
+    )
 
 
 def resolve_modalities(requested: list[str] | None, dataset: DatasetSpec) -> tuple[str, ...]:
@@ -383,6 +405,12 @@ def resolve_experiments(pipeline: dict[str, Any], dataset: DatasetSpec) -> list[
         preset = entry.get("preset", pipeline["preset"])
         augmented = entry.get("augmented")
         name = entry.get("name")
+        overrides = {"architecture": entry.get("architecture", {}), "training": entry.get("training", {})}
+        if not name and any(overrides.values()):
+            raise ParamsError(
+                f"params/pipeline.yaml: the {entry['model']} experiment overrides hyper-parameters; "
+                "give it a `name:`."
+            )
         if not name:
             name = entry["model"]
             if len(mods) < len(dataset.modalities):
@@ -391,7 +419,7 @@ def resolve_experiments(pipeline: dict[str, Any], dataset: DatasetSpec) -> list[
                 name += "-gan"
             if preset != pipeline["preset"]:
                 name += f"-{preset}"
-        out.append(Experiment(name, entry["model"], mods, preset, augmented))
+        out.append(Experiment(name, entry["model"], mods, preset, augmented, **overrides))
     names = [e.name for e in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

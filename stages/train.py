@@ -31,7 +31,7 @@ from stages.data.store import ModalityBinding, PatchStore, TrainingBatches
 from stages.io.atomic import atomic_path, write_json
 from stages.io.logs import progress, setup_logging
 from stages.metrics import confusion_matrix, scores
-from stages.models import build_model
+from stages.models import MODELS, build_model
 from stages.models.base import PatchClassifier
 from stages.runtime import environment_info, pick_device, seed_everything, set_threads
 
@@ -152,7 +152,9 @@ def train(
     spec = load_model(experiment.model, experiment.preset)
     cfg = spec.training
     store = PatchStore(store_path)
-    binding = ModalityBinding.build(store.modalities, experiment.modalities)
+    binding = ModalityBinding.build(
+        store.modalities, experiment.modalities, fill_missing=MODELS[spec.name].fills_missing_role
+    )
     model = build_model(
         spec.name,
         in_channels=binding.channels(store.modalities),
@@ -362,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="add the GAN patches (auto: as the model preset says)",
     )
+    parser.add_argument("--architecture", type=json.loads, default={}, help="JSON overrides of the preset")
+    parser.add_argument("--training", type=json.loads, default={}, help="JSON overrides of the preset")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--store", required=True, type=Path)
     parser.add_argument("--data-summary", type=Path, default=None, help="patches.json (its sha256 is logged)")
@@ -379,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         modalities=tuple(args.modalities.split(",")),
         preset=args.preset,
         augmented=None if args.augmented == "auto" else args.augmented == "true",
+        architecture=args.architecture,
+        training=args.training,
     )
     tracking = None
     if args.mlflow_experiment:

@@ -99,3 +99,29 @@ def test_schema_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
 def test_missing_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="no such params file"):
         load_dataset("nope", root=tmp_path)
+
+
+def test_experiment_overrides_apply_to_the_preset_and_need_a_name() -> None:
+    from stages.config import model_for
+
+    pipeline = {
+        "preset": "quick",
+        "experiments": [
+            {
+                "model": "fusatnet",
+                "name": "fusatnet-narrow",
+                "architecture": {"width": 8},
+                "training": {"optimizer": {"lr": 0.01}},
+                "augmented": True,
+            },
+        ],
+    }
+    (exp,) = resolve_experiments(pipeline, load_dataset("houston2013"))
+    spec = model_for(exp)
+    base = load_model("fusatnet", "quick")
+    assert spec.architecture == {**base.architecture, "width": 8}
+    assert spec.training["optimizer"] == {**base.training["optimizer"], "lr": 0.01}
+    assert spec.training["use_augmented"] is True and spec.training["epochs"] == base.training["epochs"]
+    del pipeline["experiments"][0]["name"]
+    with pytest.raises(ParamsError, match="give it a `name:`"):
+        resolve_experiments(pipeline, load_dataset("houston2013"))

@@ -110,6 +110,12 @@ def test_role_filling_feeds_a_lone_modality_into_both_inputs() -> None:
     assert ModalityBinding.build(mods, ["lidar", "hsi"]).channels(mods) == (144, 1)
     with pytest.raises(ValueError, match="not in the store"):
         ModalityBinding.build(mods, ["sar"])
+    # single-stream models opt out: the unselected role stays empty, a (N, 0, P, P) array
+    lone = ModalityBinding.build(mods, ["lidar"], fill_missing=False)
+    assert lone == ModalityBinding(("lidar",), ()) and lone.channels(mods) == (1, 0)
+    primary, auxiliary = lone.bind({"lidar": np.ones((4, 1, 5, 5), np.float32)})
+    assert primary.shape == (4, 1, 5, 5) and auxiliary.shape == (4, 0, 5, 5)
+    assert ModalityBinding.build(mods, ["hsi", "lidar"], fill_missing=False).channels(mods) == (144, 1)
 
 
 def test_cached_and_streamed_batches_hold_the_same_samples(small_twin: SmallTwin) -> None:

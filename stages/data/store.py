@@ -6,7 +6,8 @@ Labels are class ids (1..K) on disk and class indices (0..K-1) in batches.
 **Role binding.** A model takes two inputs, ``primary`` and ``auxiliary`` (e.g. HSI and LiDAR).
 An experiment may use a subset of modalities: selected modalities are concatenated by role, and a
 role with nothing selected is filled by the other role's modalities, so "the same network fed HSI
-only" keeps its architecture and sees HSI through both inputs.
+only" keeps its architecture and sees HSI through both inputs. Single-stream models opt out
+(``fills_missing_role = False``): their empty role is a ``(N, 0, P, P)`` array.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class ModalityBinding:
     auxiliary: tuple[str, ...]
 
     @classmethod
-    def build(cls, modalities: dict[str, dict[str, Any]], selected: Sequence[str]) -> ModalityBinding:
+    def build(
+        cls, modalities: dict[str, dict[str, Any]], selected: Sequence[str], fill_missing: bool = True
+    ) -> ModalityBinding:
+        """``fill_missing=False`` (single-stream models) leaves an unselected auxiliary role empty."""
         unknown = [m for m in selected if m not in modalities]
         if unknown:
             raise ValueError(f"modalities {unknown} are not in the store ({', '.join(modalities)})")
@@ -103,6 +107,8 @@ class ModalityBinding:
         auxiliary = [m for m in ordered if modalities[m]["role"] == "auxiliary"]
         if not ordered:
             raise ValueError("an experiment needs at least one modality")
+        if not fill_missing:
+            return cls(tuple(primary or auxiliary), tuple(auxiliary) if primary else ())
         return cls(tuple(primary or auxiliary), tuple(auxiliary or primary))
 
     @property
@@ -119,6 +125,9 @@ class ModalityBinding:
         """Concatenate per-modality ``(N, C, P, P)`` arrays into the two model inputs."""
 
         def cat(names: tuple[str, ...]) -> np.ndarray:
+            if not names:  # an empty role: (N, 0, P, P)
+                first = next(iter(arrays.values()))
+                return np.zeros((first.shape[0], 0, *first.shape[2:]), dtype=first.dtype)
             parts = [arrays[n] for n in names]
             return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 

@@ -7,7 +7,17 @@ Importing this package registers all models, so ``build_model(name, ...)`` works
 from stages.models.base import PatchClassifier
 from stages.models.registry import MODELS, build_model, register
 
-# Imported for their @register side effect.
-from stages.models import fusatnet, two_branch_cnn  # noqa: F401  isort: skip
+
+def _import_models() -> None:
+    """Import every model module of this package for its ``@register`` side effect."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in ("base", "registry", "layers"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_models()
 
 __all__ = ["MODELS", "PatchClassifier", "build_model", "register"]

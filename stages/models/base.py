@@ -20,6 +20,8 @@ a modality ablation should compare; models therefore never special-case a missin
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,10 +40,15 @@ class PatchClassifier(nn.Module):
         patch_size: edge ``P`` of the square patches, odd so a patch has a centre pixel.
     """
 
+    #: Whether the data layer fills an unselected role with the other role's modalities (see the
+    #: module docstring). Single-stream models set False and accept ``in_channels[1] == 0``.
+    fills_missing_role: ClassVar[bool] = True
+
     def __init__(self, *, in_channels: tuple[int, int], n_classes: int, patch_size: int) -> None:
         super().__init__()
-        if len(in_channels) != 2 or min(in_channels) < 1:
-            raise ValueError(f"in_channels must be two positive band counts, got {in_channels!r}")
+        smallest_aux = 1 if self.fills_missing_role else 0
+        if len(in_channels) != 2 or in_channels[0] < 1 or in_channels[1] < smallest_aux:
+            raise ValueError(f"in_channels must be two band counts (primary >= 1), got {in_channels!r}")
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         if patch_size < 1 or patch_size % 2 == 0:

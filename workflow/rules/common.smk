@@ -1,7 +1,9 @@
 # Helpers shared by the rules: dataset and experiment lookups from params/, and per-run paths.
+import json
+import shlex
 from functools import cache
 
-from stages.config import load_dataset, load_model, resolve_experiments
+from stages.config import load_dataset, model_for, resolve_experiments
 
 # conda is optional (see README); paths are relative to the rule files in workflow/rules/.
 CONDA_ENV = "../../environment.yml"
@@ -42,10 +44,15 @@ def twin_source(wildcards):
 
 
 def uses_gan(wildcards):
+    return bool(model_for(experiment(wildcards)).training.get("use_augmented", False))
+
+
+def overrides_args(wildcards):
+    """Hyper-parameter overrides of an experiment (e.g. an ablation switch) as shell-quoted JSON."""
     exp = experiment(wildcards)
-    if exp.augmented is not None:
-        return exp.augmented
-    return bool(load_model(exp.model, exp.preset).training.get("use_augmented", False))
+    args = [f"--{key} {shlex.quote(json.dumps(value, sort_keys=True))}"
+            for key, value in (("architecture", exp.architecture), ("training", exp.training)) if value]
+    return " ".join(args)
 
 
 def gan_store(wildcards):

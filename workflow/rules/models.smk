@@ -35,6 +35,7 @@ rule train:
         preset=lambda w: experiment(w).preset,
         modalities=lambda w: ",".join(experiment(w).modalities),
         augmented=lambda w: "true" if uses_gan(w) else "false",
+        overrides=overrides_args,
         gan=lambda w, input: f"--augmented-store {input.gan}" if input.gan else "",
         mlflow=lambda w: mlflow_experiment(w.ds),
         uri=tracking_uri_arg(),
@@ -48,6 +49,7 @@ rule train:
     shell:
         "python -m stages.train --dataset {wildcards.ds} --experiment {wildcards.run} --model {params.model}"
         " --preset {params.preset} --modalities {params.modalities} --augmented {params.augmented}"
+        " {params.overrides}"
         " --seed {wildcards.seed} --store {input.store} --data-summary {input.summary} {params.gan}"
         " --out results/{wildcards.ds}/runs/{wildcards.run}/seed{wildcards.seed} --threads {threads}"
         " --mlflow-experiment {params.mlflow} {params.uri} > {log} 2>&1"
