@@ -126,6 +126,7 @@ def _log_to_mlflow(run_dir: Path, result: dict[str, Any], store: PatchStore, cm:
             "test_oa": result["oa"],
             "test_aa": result["aa"],
             "test_kappa": result["kappa"],
+            "test_miou": result["miou"],
             "test_f1_macro": float(np.nanmean(result["per_class_f1"])),
         }
         for c, acc, f1 in zip(

@@ -1,9 +1,10 @@
-"""Classification scores from a confusion matrix: OA, AA, Cohen's kappa, per-class accuracy and F1.
+"""Classification scores from a confusion matrix: OA, AA, mIoU, Cohen's kappa, per-class accuracy, IoU and F1.
 
 Conventions: ``cm[i, j]`` counts samples of true class ``i`` predicted as ``j``. Per-class accuracy
 is the producer's accuracy (recall, ``cm[i, i] / row i``), which is what the remote-sensing
 literature averages into AA; the upstream FusAtNet code calls the same quantity "usr_acc".
-A class with no samples gets NaN accuracy and is left out of AA.
+IoU is ``cm[i, i] / (row i + column i - cm[i, i])``. A class with no samples gets NaN accuracy and IoU
+and is left out of AA and mIoU.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ def scores(cm: np.ndarray) -> dict[str, Any]:
         recall = np.where(support > 0, diag / support, np.nan)
         precision = np.where(predicted > 0, diag / predicted, np.nan)
         f1 = np.where((support > 0) & (predicted + support > 0), 2 * diag / (support + predicted), np.nan)
+        union = support + predicted - diag
+        iou = np.where(support > 0, diag / np.where(union > 0, union, 1), np.nan)
     oa = diag.sum() / n
     expected = (support * predicted).sum() / n**2
     kappa = (oa - expected) / (1 - expected) if expected < 1 else 1.0
     return {
         "oa": float(oa),
         "aa": float(np.nanmean(recall)),
+        "miou": float(np.nanmean(iou)),
         "kappa": float(kappa),
+        "per_class_iou": iou.tolist(),
         "per_class_accuracy": recall.tolist(),
         "per_class_precision": precision.tolist(),
         "per_class_f1": f1.tolist(),

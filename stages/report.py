@@ -40,7 +40,13 @@ from stages.runtime import environment_info
 log = logging.getLogger("landfuse.report")
 
 EXCLUDED = ("logs", "benchmarks", "all")
-SCORES = (("oa", "OA %", 100.0), ("aa", "AA %", 100.0), ("kappa", "kappa", 1.0), ("f1_macro", "F1 %", 100.0))
+SCORES = (
+    ("oa", "OA %", 100.0),
+    ("aa", "AA %", 100.0),
+    ("miou", "mIoU %", 100.0),
+    ("kappa", "kappa", 1.0),
+    ("f1_macro", "F1 %", 100.0),
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, precision_score
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    jaccard_score,
+    precision_score,
+)
 
 from stages.metrics import confusion_matrix, scores
 
@@ -19,6 +25,8 @@ def test_scores_match_scikit_learn() -> None:
     assert s["kappa"] == pytest.approx(cohen_kappa_score(y, p))
     np.testing.assert_allclose(s["per_class_f1"], f1_score(y, p, average=None))
     np.testing.assert_allclose(s["per_class_precision"], precision_score(y, p, average=None))
+    np.testing.assert_allclose(s["per_class_iou"], jaccard_score(y, p, average=None))
+    assert s["miou"] == pytest.approx(jaccard_score(y, p, average="macro"))
     assert s["support"] == np.bincount(y, minlength=5).tolist() and s["n"] == 500
 
 
