@@ -4,7 +4,7 @@ Importing this package registers all models, so ``build_model(name, ...)`` works
 ``params/models/``. See :mod:`stages.models.base` for the input/output contract and the role-filling rule.
 """
 
-from stages.models.base import PatchClassifier
+from stages.models.base import IGNORE_INDEX, FusionModel, PatchClassifier, Segmenter
 from stages.models.registry import MODELS, build_model, register
 
 
@@ -20,4 +20,4 @@ def _import_models() -> None:
 
 _import_models()
 
-__all__ = ["MODELS", "PatchClassifier", "build_model", "register"]
+__all__ = ["IGNORE_INDEX", "MODELS", "FusionModel", "PatchClassifier", "Segmenter", "build_model", "register"]

@@ -11,21 +11,21 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from stages.models.base import PatchClassifier
+from stages.models.base import FusionModel
 
-MODELS: dict[str, type[PatchClassifier]] = {}
+MODELS: dict[str, type[FusionModel]] = {}
 
 _GEOMETRY = ("in_channels", "n_classes", "patch_size")
 
-M = TypeVar("M", bound=type[PatchClassifier])
+M = TypeVar("M", bound=type[FusionModel])
 
 
 def register(name: str) -> Callable[[M], M]:
     """Class decorator: make a :class:`PatchClassifier` subclass buildable as ``name``."""
 
     def decorator(cls: M) -> M:
-        if not (isinstance(cls, type) and issubclass(cls, PatchClassifier)):
-            raise TypeError(f"@register({name!r}) needs a PatchClassifier subclass, got {cls!r}")
+        if not (isinstance(cls, type) and issubclass(cls, FusionModel)):
+            raise TypeError(f"@register({name!r}) needs a PatchClassifier or Segmenter subclass, got {cls!r}")
         existing = MODELS.get(name)
         if existing is not None and existing is not cls:
             raise ValueError(f"model name {name!r} is already registered to {existing.__qualname__}")
@@ -42,14 +42,14 @@ def build_model(
     n_classes: int,
     patch_size: int,
     architecture: dict[str, Any],
-) -> PatchClassifier:
+) -> FusionModel:
     """Instantiate the registered model ``name``.
 
     Args:
         name: a key of :data:`MODELS` (the params file's ``name``).
         in_channels: ``(C1, C2)`` band counts of the primary and auxiliary inputs (after role filling).
         n_classes: number of classes.
-        patch_size: patch edge ``P``.
+        patch_size: patch edge ``P`` (patch classifiers) or training tile edge (segmenters).
         architecture: the preset's ``architecture`` mapping, passed as keyword arguments.
 
     Raises:
