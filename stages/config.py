@@ -165,7 +165,27 @@ class DatasetSpec:
 
     @property
     def patch_size(self) -> int:
+        if "patch_size" not in self.raw:
+            raise ParamsError(
+                f"{self.path}: a {self.task} dataset has no patch_size; patch classifiers need one."
+            )
         return self.raw["patch_size"]
+
+    @property
+    def tiles(self) -> dict[str, Any]:
+        """Tile datasets: ``size``, ``sets`` (path templates), ``splits`` and real ``counts``."""
+        if self.task != "tiles":
+            raise ParamsError(f"{self.path}: `{self.name}` is a {self.task} dataset, not a tile dataset.")
+        return self.raw["tiles"]
+
+    def tile_path(self, tile_set: str, kind: str, tile_id: int | str) -> str:
+        """Relative path of one tile file: ``kind`` is a modality's ``file`` token or the label token."""
+        return self.tiles["sets"][tile_set].format(kind=kind, id=tile_id)
+
+    def tile_counts(self) -> dict[str, int] | None:
+        """Tiles per set: the twin's own counts if it is a twin of a tile dataset, else the real ones."""
+        twin = self.twin or {}
+        return twin.get("tiles") or self.tiles.get("counts")
 
     @property
     def modalities(self) -> dict[str, Modality]:
@@ -277,8 +297,14 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
         raise ParamsError(f"{path}: class ids must be unique, got {ids}.")
     if data["labels"].get("unlabelled", 0) in ids:
         raise ParamsError(f"{path}: the unlabelled value is also a class id.")
-    if data["patch_size"] % 2 == 0:
+    if "patch_size" in data and data["patch_size"] % 2 == 0:
         raise ParamsError(f"{path}: patch_size must be odd so a patch has a centre pixel.")
+    if data["task"] == "tiles":
+        tiles = data["tiles"]
+        for split, sets in tiles["splits"].items():
+            missing = [s for s in sets if s not in tiles["sets"]]
+            if missing:
+                raise ParamsError(f"{path}: tiles.splits.{split} names unknown sets {missing}.")
     if data["source"]["kind"] == "twin" and "twin" not in data:
         raise ParamsError(f"{path}: `source.kind: twin` needs a `twin:` section.")
 
