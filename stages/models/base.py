@@ -141,7 +141,8 @@ class Segmenter(FusionModel):
     """
 
     task: ClassVar[str] = "segmentation"
-    stride: ClassVar[int] = 1
+    #: total downsampling; a class default that an instance may refine (e.g. a UNet's ``2 ** depth``)
+    stride: int = 1
 
     def __init__(self, *, in_channels: tuple[int, int], n_classes: int, patch_size: int) -> None:
         super().__init__(in_channels=in_channels, n_classes=n_classes)
@@ -154,6 +155,19 @@ class Segmenter(FusionModel):
     def forward(self, primary: Tensor, auxiliary: Tensor) -> Tensor:
         """``(B, C1, H, W)``, ``(B, C2, H, W)`` -> logits ``(B, n_classes, H, W)``."""
         raise NotImplementedError
+
+    def check_tiles(self, *inputs: Tensor) -> None:
+        """Raise ``ValueError`` unless the inputs are 4-D, share batch and grid, and the grid is a
+        multiple of :attr:`stride`."""
+        shapes = [tuple(x.shape) for x in inputs]
+        name = type(self).__name__
+        if any(len(s) != 4 for s in shapes):
+            raise ValueError(f"{name}: inputs must be (B, C, H, W), got shapes {shapes}")
+        b, _, h, w = shapes[0]
+        if any((s[0], s[2], s[3]) != (b, h, w) for s in shapes[1:]):
+            raise ValueError(f"{name}: inputs must share batch and grid, got shapes {shapes}")
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"{name}: tile height and width must be multiples of {self.stride}, got {h}x{w}")
 
     def training_loss(
         self, primary: Tensor, auxiliary: Tensor, target: Tensor
