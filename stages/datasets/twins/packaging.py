@@ -11,13 +11,23 @@ from stages.io.hashing import sha256_file
 
 # A fixed member timestamp keeps the archives byte-identical from run to run.
 _ZIP_DATE = (2013, 3, 26, 10, 43, 8)
+# The generator's whole-scene diagnostics: never packed, moved aside by the twin stage.
+TRUTH = "_truth.npz"
+
+
+def _all_files(files_dir: Path) -> list[str]:
+    """Every file under ``files_dir`` except the diagnostics, as sorted POSIX paths."""
+    rels = (p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file())
+    return sorted(r for r in rels if r != TRUTH)
 
 
 def pack(spec: DatasetSpec, files_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write each archive listed in ``source.archives`` from ``files_dir`` into ``out_dir``.
 
     A zip gets the listed ``contents`` members the generator produced (the real archives also hold
-    files no reader uses, e.g. binary ``.roi``; a twin omits those); a plain file is moved as is.
+    files no reader uses, e.g. binary ``.roi``; a twin omits those). A zip without a ``contents`` list
+    (e.g. thousands of tiles) gets every file the generator wrote except ``_truth.npz``, in sorted
+    order. A plain file is moved as is.
     Returns the twin manifest: the sha256 of every archive and of every member, which the download
     stage verifies instead of the real dataset's checksums.
     """
@@ -29,7 +39,10 @@ def pack(spec: DatasetSpec, files_dir: Path, out_dir: Path) -> dict[str, Any]:
         name = archive["file"]
         target = out_dir / name
         if archive.get("unpack") == "zip":
-            members = [m for m in archive.get("contents", {}) if (files_dir / m).is_file()]
+            if "contents" in archive:
+                members = [m for m in archive["contents"] if (files_dir / m).is_file()]
+            else:
+                members = _all_files(files_dir)
             if not members:
                 raise ValueError(f"{spec.path}: the twin produced none of the members of {name}.")
             with zipfile.ZipFile(target, "w") as zf:
