@@ -3,6 +3,8 @@
 # Rules live in workflow/rules/ by concern; every knob lives in params/ (validated by workflow/schemas/).
 from snakemake.utils import min_version, validate
 
+from stages.tracking import WorkflowServer
+
 min_version("9.0")
 
 
@@ -30,3 +32,21 @@ localrules:
     mlflow_init,
     index_runs,
     report,
+
+
+# MLflow server for cluster runs (params: mlflow.server, off by default): started on this host before
+# the first job, its URI exported as MLFLOW_TRACKING_URI to every job, stopped when the workflow ends.
+# Jobs never run these hooks (Snakemake passes them --no-hooks).
+MLFLOW_SERVER = WorkflowServer(config["mlflow"]["server"], pidfile="results/mlflow-server.pid")
+
+
+onstart:
+    MLFLOW_SERVER.start()
+
+
+onsuccess:
+    MLFLOW_SERVER.stop()
+
+
+onerror:
+    MLFLOW_SERVER.stop()

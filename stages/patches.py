@@ -83,9 +83,11 @@ def _read_zarr(array: zarr.Array):
 
 @contextlib.contextmanager
 def dask_scheduler(address: str | None, threads: int) -> Iterator[None]:
-    """``None``: dask's threaded scheduler with ``threads`` workers (no cluster start-up cost).
-    ``"local"``: a ``distributed.LocalCluster`` of one worker with ``threads`` threads.
+    """``"local"`` (the pipeline's default): a ``distributed.LocalCluster`` in this process, one worker
+    with ``threads`` threads and no dashboard (a batch job on a shared node serves no web page).
+    ``None``: dask's threaded scheduler with ``threads`` workers (no cluster start-up cost).
     Any other string: the address of a running scheduler (e.g. a dask-jobqueue SLURMCluster).
+    The store is byte-identical under all three.
     """
     zarr.config.set({"threading.max_workers": threads, "async.concurrency": max(4, 2 * threads)})
     if address is None:
@@ -96,7 +98,9 @@ def dask_scheduler(address: str | None, threads: int) -> Iterator[None]:
 
     if address == "local":
         with (
-            LocalCluster(n_workers=1, threads_per_worker=threads, processes=False) as cluster,
+            LocalCluster(
+                n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
+            ) as cluster,
             Client(cluster),
         ):
             yield

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small twin taken through the real stages once per session, and project copies.
+"""Shared fixtures: a small twin taken through the real stages once per session, project copies, and
+the whole pipeline run locally once per session (the end-to-end tests and the SLURM test's reference).
 
 Every fixture runs the real code paths (twin generator, loopback HTTP download, rasterio
 co-registration, Zarr store); nothing is mocked. Torch is pinned to one thread in the test process:
@@ -116,3 +117,23 @@ def shrink_to_test_size(root: Path, experiments: list[dict], gan_steps: int) -> 
     gan = yaml.safe_load(gan_path.read_text())
     gan["presets"]["quick"]["training"]["epochs"] = gan_steps
     gan_path.write_text(yaml.safe_dump(gan, sort_keys=False))
+
+
+# The end-to-end configuration: one seed, four experiments, a short GAN run.
+E2E_EXPERIMENTS = [
+    {"model": "two_branch_cnn"},
+    {"model": "two_branch_cnn", "modalities": ["primary"]},
+    {"model": "two_branch_cnn", "modalities": ["auxiliary"]},
+    {"model": "fusatnet"},
+]
+E2E_GAN_STEPS = 40
+
+
+@pytest.fixture(scope="session")
+def local_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with the small twin taken through the whole pipeline by a local Snakemake run
+    (``--cores 2``, :data:`E2E_EXPERIMENTS`). Tests only read it."""
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    shrink_to_test_size(root, E2E_EXPERIMENTS, gan_steps=E2E_GAN_STEPS)
+    run(["snakemake", "--cores", "2", f"results/{SMALL}/all"], cwd=root)
+    return root

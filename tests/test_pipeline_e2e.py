@@ -16,24 +16,15 @@ import pytest
 import rasterio
 
 from stages.io.hashing import sha256_file
-from tests.conftest import SMALL, copy_project, run, shrink_to_test_size
+from tests.conftest import SMALL, run
 
 pytestmark = pytest.mark.e2e
 
-EXPERIMENTS = [
-    {"model": "two_branch_cnn"},
-    {"model": "two_branch_cnn", "modalities": ["primary"]},
-    {"model": "two_branch_cnn", "modalities": ["auxiliary"]},
-    {"model": "fusatnet"},
-]
-
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("project"))
-    shrink_to_test_size(root, EXPERIMENTS, gan_steps=40)
-    run(["snakemake", "--cores", "2", f"results/{SMALL}/all"], cwd=root)
-    return root
+def project(local_pipeline: Path) -> Path:
+    """The local run of tests/conftest.py (E2E_EXPERIMENTS, a 40-step GAN), shared with the SLURM test."""
+    return local_pipeline
 
 
 def _metrics(root: Path) -> dict[str, dict]:
