@@ -419,14 +419,27 @@ def resolve_modalities(requested: list[str] | None, dataset: DatasetSpec) -> tup
     return tuple(n for n in available if n in chosen)
 
 
-def resolve_experiments(pipeline: dict[str, Any], dataset: DatasetSpec) -> list[Experiment]:
+def resolve_experiments(
+    pipeline: dict[str, Any], dataset: DatasetSpec, root: Path | None = None
+) -> list[Experiment]:
     """The pipeline's experiments for one dataset, with modality roles resolved and names derived.
+
+    Experiments listing ``datasets`` run only on those and their twins; patch classifiers are left out
+    on tile datasets.
 
     A derived name is the model, then ``-<modalities>`` when not all are used, ``-gan`` when GAN
     patches are added and ``-<preset>`` when it differs from the pipeline preset.
     """
     out: list[Experiment] = []
     for entry in pipeline["experiments"]:
+        if entry.get("datasets") and not {dataset.name, dataset.raw.get("twin_of")} & set(entry["datasets"]):
+            continue  # listed datasets match their twins too
+        preset_name = entry.get("preset", pipeline["preset"])
+        if (
+            dataset.task == "tiles"
+            and load_model(entry["model"], preset_name, root).kind == "patch_classifier"
+        ):
+            continue  # a patch classifier needs a label per patch centre: scene datasets only
         mods = resolve_modalities(entry.get("modalities"), dataset)
         preset = entry.get("preset", pipeline["preset"])
         augmented = entry.get("augmented")

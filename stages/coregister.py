@@ -13,6 +13,9 @@ spectral normalisation, which fails on smooth cross-modal windows) between edge 
 reference and each modality over a central window (see :func:`_structure_image`). The shift is
 recorded in the sidecar; shifts above half a pixel are logged as warnings.
 
+Tile datasets (``task: tiles``) come co-registered per tile: the stage verifies that and writes
+``tiles.json`` (the tile index) instead.
+
 Outputs in ``--out``: ``<modality>.tif`` per modality, ``labels_train.tif`` and ``labels_test.tif``
 (uint8 class ids with a colour table, 0 = unlabelled), ``valid.tif`` (1 where every modality has
 data) and ``grid.json`` (grid, CRS, per-modality provenance, band names, wavelengths, shifts and
@@ -40,6 +43,7 @@ from scipy import ndimage
 
 from stages.config import DatasetSpec, Modality, load_dataset
 from stages.datasets.readers import SourceError, open_modality, read_labels
+from stages.datasets.tiles import index_tiles
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
 from stages.io.logs import progress, setup_logging
@@ -213,7 +217,9 @@ def central_window(grid: Grid, size: int = SHIFT_WINDOW) -> Window:
 
 
 def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) -> dict[str, Any]:
-    """Run the stage; returns the sidecar written to ``out/grid.json``."""
+    """Run the stage; returns the sidecar written to ``out/grid.json`` (``out/tiles.json`` for tiles)."""
+    if spec.task == "tiles":
+        return coregister_tiles(spec, raw_dir, out)
     modalities = spec.modalities
     ref_name = spec.reference_modality
     sidecar: dict[str, Any] = {"dataset": spec.name, "reference": ref_name, "modalities": {}}
@@ -292,6 +298,15 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
         write_json(tmp / SIDECAR, sidecar)
     log.info("coregistered %s onto a %d x %d grid", spec.name, grid.height, grid.width)
     return sidecar
+
+
+def coregister_tiles(spec: DatasetSpec, raw_dir: Path, out: Path) -> dict[str, Any]:
+    """Tile datasets come co-registered: verify every tile's modalities share its grid, and index them."""
+    index = index_tiles(raw_dir, spec)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "tiles.json", index)
+    log.info("%s: %s tiles, all co-registered", spec.name, {k: len(v) for k, v in index["sets"].items()})
+    return index
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,10 @@ scores are then read off the map at the official test pixels, which is exactly t
 each test pixel's patch. Test labels are used for nothing but scoring.
 
 Outputs in the run folder: ``metrics.json`` (OA, AA, kappa, per-class accuracy and F1),
-``confusion.csv`` and ``confusion.png``, ``confusion_records.json`` (actual/predicted pairs for
-``dvc plots``), ``map.tif`` (uint8 class ids, CRS, transform, colour table) and ``map.png``. The run's
+``confusion.csv`` and ``confusion.png``, ``map.tif`` (uint8 class ids, CRS, transform, colour table) and
+``map.png``. Segmentation models predict scenes through overlapping windows
+(:func:`stages.data.segmentation.predict_scene`) and are scored on the same test pixels. On tile
+datasets every labelled test pixel counts and the map is a mosaic of the first test tiles. The run's
 MLflow entry gets the same scores and files.
 """
 
@@ -28,6 +30,8 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
+from stages.data.segmentation import MOSAIC_TILES, mosaic, predict_tiles
+from stages.data.segmentation import predict_scene as predict_scene_windows
 from stages.data.store import PatchStore, ids_to_index, scene_batches
 from stages.io.atomic import write_json, write_text
 from stages.io.logs import progress, setup_logging
@@ -58,6 +62,23 @@ def predict_scene(
     return out
 
 
+def score_tiles(
+    model: torch.nn.Module, store: PatchStore, binding: Any, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix over every labelled pixel of the test tiles, and a mosaic of the first tiles."""
+    n = store.n_classes
+    cm = np.zeros((n, n), np.int64)
+    shown = []
+    for i, pred, truth in predict_tiles(model, store, "test", binding, device):
+        keep = np.isin(truth, store.class_ids)
+        cm += confusion_matrix(
+            ids_to_index(truth[keep], store.class_ids), ids_to_index(pred[keep], store.class_ids), n
+        )
+        if i < MOSAIC_TILES:
+            shown.append(pred)
+    return cm, mosaic(shown)
+
+
 def confusion_csv(cm: np.ndarray, names: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -73,15 +94,26 @@ def evaluate(
     set_threads(threads)
     dev = pick_device(device)
     store = PatchStore(store_path)
-    model, binding, _ = load_checkpoint(run_dir / "model.pt", dev)
+    model, binding, ckpt = load_checkpoint(run_dir / "model.pt", dev)
     names = [c["name"] for c in store.classes]
     palette = [tuple(c["color"]) for c in store.classes]
 
-    class_map = predict_scene(model, store, binding, dev, batch)
-    yx = store.yx("test")
-    y_true = store.targets("test")
-    y_pred = ids_to_index(class_map[yx[:, 0], yx[:, 1]], store.class_ids)
-    cm = confusion_matrix(y_true, y_pred, store.n_classes)
+    if store.attrs.get("task", "scene") == "tiles":
+        cm, class_map = score_tiles(model, store, binding, dev)
+        transform, crs = None, None  # a mosaic of separate tiles has no single georeference
+    else:
+        if model.task == "segmentation":
+            bar = progress(None, desc="map", unit="window")
+            class_map = predict_scene_windows(model, store, binding, dev, ckpt["patch_size"], progress=bar)
+            bar.close()
+        else:
+            class_map = predict_scene(model, store, binding, dev, batch)
+        yx = store.yx("test")
+        y_pred = ids_to_index(class_map[yx[:, 0], yx[:, 1]], store.class_ids)
+        cm = confusion_matrix(store.targets("test"), y_pred, store.n_classes)
+        grid = store.attrs["grid"]
+        transform = Affine(*grid["transform"])
+        crs = CRS.from_user_input(grid["crs"]) if grid.get("crs") else None
     result = scores(cm)
     train_info = json.loads((run_dir / "train.json").read_text())
     metrics = {
@@ -96,17 +128,10 @@ def evaluate(
     }
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "confusion.csv", confusion_csv(cm, names))
-    records = [
-        {"actual": names[t], "predicted": names[p]}
-        for t, p in zip(y_true.tolist(), y_pred.tolist(), strict=True)
-    ]
-    write_json(run_dir / "confusion_records.json", records)
     run_name = f"{train_info['experiment']} seed {train_info['seed']}"
     title = f"{run_name}: OA {result['oa']:.3f}, kappa {result['kappa']:.3f}"
     plot_confusion(run_dir / "confusion.png", cm, names, title)
-    grid = store.attrs["grid"]
-    crs = CRS.from_user_input(grid["crs"]) if grid.get("crs") else None
-    write_class_map(run_dir / "map.tif", class_map, Affine(*grid["transform"]), crs, palette, names)
+    write_class_map(run_dir / "map.tif", class_map, transform, crs, palette, names)
     save_map_png(run_dir / "map.png", class_map, palette)
     log.info("%s: test OA %.4f AA %.4f kappa %.4f", run_dir, result["oa"], result["aa"], result["kappa"])
     _log_to_mlflow(run_dir, result, store, cm)

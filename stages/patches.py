@@ -50,6 +50,7 @@ from zarr.codecs import BloscCodec
 from stages import __version__
 from stages.config import DatasetSpec, load_dataset
 from stages.data.splits import band_statistics, carve_validation, labelled_pixels
+from stages.data.tile_store import build_tile_store
 from stages.data.windows import order_by_tile, patches_at
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_tree
@@ -162,10 +163,33 @@ def build_patch_store(
     scene_shard: int = 512,
     threads: int = 2,
     scheduler: str | None = None,
+    raw: Path | None = None,
+    tile_chunk: int = 1,
+    tile_shard: int = 32,
 ) -> dict[str, Any]:
-    """Write the store to ``out`` (atomically) and return a summary with its sha256 digest."""
-    if shard_samples % chunk_samples or scene_shard % scene_chunk:
+    """Write the store to ``out`` (atomically) and return a summary with its sha256 digest.
+
+    Tile datasets (:mod:`stages.data.tile_store`) read their tiles from ``raw`` (the download).
+    """
+    if shard_samples % chunk_samples or scene_shard % scene_chunk or tile_shard % tile_chunk:
         raise ValueError("patches: shard sizes must be multiples of chunk sizes (see params/pipeline.yaml)")
+    if spec.task == "tiles":
+        if raw is None:
+            raise ValueError(
+                f"{spec.name} is a tile dataset: the patches stage needs --raw data/raw/{spec.name}"
+            )
+        with dask_scheduler(scheduler, threads):
+            return build_tile_store(
+                spec,
+                coreg,
+                raw,
+                out,
+                val_fraction=val_fraction,
+                split_seed=split_seed,
+                tile_chunk=tile_chunk,
+                tile_shard=tile_shard,
+                compressors=COMPRESSORS,
+            )
     started = time.perf_counter()
     sidecar = json.loads((coreg / "grid.json").read_text())
     height, width = sidecar["grid"]["height"], sidecar["grid"]["width"]
@@ -294,6 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--coreg", required=True, type=Path)
+    parser.add_argument(
+        "--raw", type=Path, default=None, help="the download (tile datasets read their tiles)"
+    )
+    parser.add_argument("--tile-chunk", type=int, default=1)
+    parser.add_argument("--tile-shard", type=int, default=32)
     parser.add_argument("--out", required=True, type=Path, help="results/<dataset>/patches.zarr")
     parser.add_argument("--summary", required=True, type=Path, help="results/<dataset>/patches.json")
     parser.add_argument("--val-fraction", type=float, required=True)
@@ -319,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
         scene_shard=args.scene_shard,
         threads=args.threads,
         scheduler=args.scheduler,
+        raw=args.raw,
+        tile_chunk=args.tile_chunk,
+        tile_shard=args.tile_shard,
     )
     write_json(args.summary, summary)
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from stages.data.segmentation import MOSAIC_TILES, mosaic
+from stages.data.store import PatchStore
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file, tree_files
 from stages.io.logs import setup_logging
@@ -144,10 +146,17 @@ def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -
     rows = summary_rows(groups)
     quality = json.loads((results / "augment" / "quality.json").read_text())
     data = json.loads((results / "patches.json").read_text())
-    coreg = json.loads((results / "coreg" / "grid.json").read_text())
-    palette = [tuple(c["color"]) for c in coreg["classes"]]
-    with rasterio.open(results / "coreg" / "labels_test.tif") as ds:
-        truth = ds.read(1)
+    store = PatchStore(results / "patches.zarr")
+    palette = [tuple(c["color"]) for c in store.classes]
+    tiles = store.attrs.get("task") == "tiles"
+    if tiles:
+        coreg = json.loads((results / "coreg" / "tiles.json").read_text())
+        labels = store.root["test/label"]
+        truth = mosaic([np.asarray(labels[i]) for i in range(min(MOSAIC_TILES, labels.shape[0]))])
+    else:
+        coreg = json.loads((results / "coreg" / "grid.json").read_text())
+        with rasterio.open(results / "coreg" / "labels_test.tif") as ds:
+            truth = ds.read(1)
 
     with atomic_dir(out) as tmp:
         figures = tmp / "figures"
@@ -167,7 +176,7 @@ def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -
         write_json(results / "metrics.json", summary)
         write_curves(groups, results / "curves")
 
-        maps, titles = [truth], ["test ground truth"]
+        maps, titles = [truth], [f"test ground truth{' (first test tiles)' if tiles else ''}"]
         for exp, runs in groups.items():
             with rasterio.open(runs[0]["run_dir"] / "map.tif") as ds:
                 maps.append(ds.read(1))
@@ -192,6 +201,26 @@ def build_report(dataset: str, results: Path, run_dirs: list[Path], out: Path) -
         write_json(tmp / "manifest.json", manifest(results, tmp))
     log.info("report for %s: %d experiments, %d runs", dataset, len(groups), sum(map(len, groups.values())))
     return {"rows": rows}
+
+
+def _data_lines(coreg: dict[str, Any]) -> list[str]:
+    if coreg.get("task") == "tiles":
+        sets = ", ".join(f"{name} {len(ids)}" for name, ids in coreg["sets"].items())
+        return [
+            f"- tiles: {sets} ({coreg['tile_size']} x {coreg['tile_size']} px), CRS "
+            + ", ".join(coreg["crs"]),
+            f"- co-registration: {coreg['check']}",
+            "- NaN fraction per modality: "
+            + ", ".join(f"{m} {v:.2e}" for m, v in coreg["nan_fraction"].items()),
+        ]
+    shifts = ", ".join(
+        f"{m}: ({v['shift_px']['dy']:+.2f}, {v['shift_px']['dx']:+.2f})"
+        for m, v in coreg["modalities"].items()
+    )
+    return [
+        f"- grid: {coreg['grid']['height']} x {coreg['grid']['width']}, CRS {coreg['grid']['crs']}",
+        f"- residual shifts vs the reference (px): {shifts}",
+    ]
 
 
 def report_markdown(
@@ -225,12 +254,7 @@ def report_markdown(
         "## Data",
         "",
         f"- patch store sha256: `{data['sha256']}` ({data['files']} files, {data['bytes'] / 1e6:.1f} MB)",
-        f"- grid: {coreg['grid']['height']} x {coreg['grid']['width']}, CRS {coreg['grid']['crs']}",
-        "- residual shifts vs the reference (px): "
-        + ", ".join(
-            f"{m}: ({v['shift_px']['dy']:+.2f}, {v['shift_px']['dx']:+.2f})"
-            for m, v in coreg["modalities"].items()
-        ),
+        *_data_lines(coreg),
         "",
         "## Provenance",
         "",

@@ -20,18 +20,21 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stages.config import Experiment, ModelSpec, load_model
+from stages.config import Experiment, ModelSpec, model_for
+from stages.data.segmentation import SceneWindows, TileCrops
 from stages.data.store import ModalityBinding, PatchStore, TrainingBatches
 from stages.io.atomic import atomic_path, write_json
 from stages.io.logs import progress, setup_logging
 from stages.metrics import confusion_matrix, scores
-from stages.models import MODELS, build_model
+from stages.models import IGNORE_INDEX, MODELS, build_model
 from stages.models.base import PatchClassifier
 from stages.runtime import environment_info, pick_device, seed_everything, set_threads
 
@@ -91,13 +94,16 @@ def random_dihedral(
 
 @torch.inference_mode()
 def predict(model: PatchClassifier, batches: Any, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """``(targets, predictions)`` over ``batches`` of ``(primary, auxiliary, targets)``."""
+    """``(targets, predictions)`` over ``batches`` of ``(primary, auxiliary, targets)``; dense targets
+    (segmentation) are flattened to their labelled pixels."""
     model.eval()
     ys, ps = [], []
     for primary, auxiliary, target in batches:
         logits = model(torch.from_numpy(primary).to(device), torch.from_numpy(auxiliary).to(device))
-        ps.append(logits.argmax(1).cpu().numpy())
-        ys.append(target)
+        pred = logits.argmax(1).cpu().numpy()
+        keep = target != IGNORE_INDEX  # segmentation: only the labelled pixels count
+        ps.append(pred[keep])
+        ys.append(target[keep])
     return np.concatenate(ys), np.concatenate(ps)
 
 
@@ -110,7 +116,7 @@ def checkpoint_payload(
         "architecture": spec.architecture,
         "in_channels": list(model.in_channels),
         "n_classes": model.n_classes,
-        "patch_size": model.patch_size,
+        "patch_size": model.tile_size if model.task == "segmentation" else model.patch_size,
         "binding": {"primary": list(binding.primary), "auxiliary": list(binding.auxiliary)},
         "state_dict": state,
     }
@@ -132,6 +138,64 @@ def load_checkpoint(
     return model, binding, ckpt
 
 
+@dataclass
+class TrainingData:
+    """What one training run iterates: shuffled training batches and fixed validation batches."""
+
+    train_epoch: Callable[[np.random.Generator], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    val_batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    n_train: int  # labelled training samples (patches) or pixels (segmentation)
+    n_val: int
+    geometry: int  # patch size (patch classifiers) or training tile size (segmenters)
+
+
+def training_data(
+    store: PatchStore,
+    task: str,
+    binding: ModalityBinding,
+    cfg: dict[str, Any],
+    extra: list[tuple[PatchStore, str]],
+) -> TrainingData:
+    """Batches for a patch classifier or a segmenter, on a scene store or a tile store."""
+    store_task = store.attrs.get("task", "scene")
+    if task == "patch":
+        if store_task == "tiles":
+            raise ValueError(
+                f"{store.path}: patch classifiers need a scene dataset (a label per patch centre); "
+                "use a segmentation model on tile datasets."
+            )
+        train = TrainingBatches([(store, "train"), *extra], binding, store.class_ids, cfg["batch_size"])
+        val = TrainingBatches([(store, "val")], binding, store.class_ids, 512)
+        drop = len(train) > cfg["batch_size"]
+        return TrainingData(
+            lambda rng: train.epoch(rng, drop_last=drop),
+            lambda: val.epoch(None),
+            len(train),
+            len(val),
+            store.patch_size,
+        )
+    tile = cfg.get("tile_size")
+    if tile is None:
+        raise ValueError("segmentation presets need `training.tile_size` in params/models/<model>.yaml")
+    augment = bool(cfg.get("augment_rot90"))
+    if store_task == "tiles":
+        train = TileCrops(
+            [(store, "train"), *extra], binding, store.class_ids, tile, cfg["batch_size"], augment
+        )
+        size = int(store.attrs["tile_size"])
+        val = TileCrops([(store, "val")], binding, store.class_ids, size, 2)
+        n_train = sum(int((labels >= 0).sum()) for labels in train.labels)
+        n_val = sum(int((labels >= 0).sum()) for labels in val.labels)
+        return TrainingData(train.epoch, lambda: val.epoch(np.random.default_rng(0)), n_train, n_val, tile)
+    if extra:
+        raise ValueError(
+            "GAN patches of a scene dataset cannot train a segmentation model; set use_augmented: false"
+        )
+    train = SceneWindows(store, "train", binding, tile, cfg["batch_size"], augment)
+    val = SceneWindows(store, "val", binding, tile, 8)
+    return TrainingData(train.epoch, lambda: val.epoch(np.random.default_rng(0)), len(train), len(val), tile)
+
+
 def train(
     *,
     dataset: str,
@@ -149,56 +213,52 @@ def train(
     set_threads(threads)
     seed_everything(seed)
     dev = pick_device(device)
-    spec = load_model(experiment.model, experiment.preset)
+    spec = model_for(experiment)
     cfg = spec.training
     store = PatchStore(store_path)
+    task = MODELS[spec.name].task
     binding = ModalityBinding.build(
         store.modalities, experiment.modalities, fill_missing=MODELS[spec.name].fills_missing_role
     )
+    use_gan = bool(cfg.get("use_augmented", False))
+    if use_gan and augmented_path is None:
+        raise ValueError(
+            f"experiment {experiment.name} asks for GAN patches but no --augmented store was given"
+        )
+    extra = [(PatchStore(augmented_path), "train")] if use_gan else []
+    data = training_data(store, task, binding, cfg, extra)
     model = build_model(
         spec.name,
         in_channels=binding.channels(store.modalities),
         n_classes=store.n_classes,
-        patch_size=store.patch_size,
+        patch_size=data.geometry,
         architecture=spec.architecture,
     ).to(dev)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    use_gan = experiment.augmented if experiment.augmented is not None else cfg.get("use_augmented", False)
-    sources = [(store, "train")]
-    if use_gan:
-        if augmented_path is None:
-            raise ValueError(
-                f"experiment {experiment.name} asks for GAN patches but no --augmented store was given"
-            )
-        sources.append((PatchStore(augmented_path), "train"))
-    train_batches = TrainingBatches(sources, binding, store.class_ids, cfg["batch_size"])
-    val_batches = TrainingBatches([(store, "val")], binding, store.class_ids, 512)
     optimizer = make_optimizer(model.parameters(), cfg["optimizer"])
     epochs = cfg["epochs"]
     schedule = make_schedule(optimizer, cfg.get("schedule", {}), epochs)
     rng = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed)
     patience = cfg.get("patience")
+    select_on = cfg.get("select_on", "oa")
 
     data_digest = json.loads(data_summary.read_text())["sha256"] if data_summary else None
     run = _start_run(
-        tracking, dataset, experiment, seed, spec, n_params, len(train_batches), data_digest, store_path
+        tracking, dataset, experiment, seed, spec, n_params, data.n_train, data_digest, store_path
     )
 
     history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"oa": -1.0}
+    best: dict[str, Any] = {select_on: -1.0}
     best_state = None
     started = time.perf_counter()
     for epoch in progress(range(1, epochs + 1), desc=f"train {experiment.name} seed {seed}", unit="epoch"):
         model.train()
         total, parts_sum, n = 0.0, {}, 0
-        for primary, auxiliary, target in train_batches.epoch(
-            rng, drop_last=len(train_batches) > cfg["batch_size"]
-        ):
+        for primary, auxiliary, target in data.train_epoch(rng):
             p, a = torch.from_numpy(primary), torch.from_numpy(auxiliary)
-            if cfg.get("augment_rot90"):
-                p, a = random_dihedral(p, a, gen)
+            if task == "patch" and cfg.get("augment_rot90"):
+                p, a = random_dihedral(p, a, gen)  # segmentation loaders augment inputs and labels together
             loss, parts = model.training_loss(p.to(dev), a.to(dev), torch.from_numpy(target).to(dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,13 +268,14 @@ def train(
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * len(target)
         schedule.step()
-        y_val, p_val = predict(model, val_batches.epoch(None), dev)
+        y_val, p_val = predict(model, data.val_batches(), dev)
         val = scores(confusion_matrix(y_val, p_val, store.n_classes))
         row = {
             "epoch": epoch,
             "train_loss": total / n,
             "val_oa": val["oa"],
             "val_aa": val["aa"],
+            "val_miou": val["miou"],
             "val_kappa": val["kappa"],
             "lr": optimizer.param_groups[0]["lr"],
         }
@@ -222,11 +283,13 @@ def train(
         history.append(row)
         if run is not None:
             _log_epoch(row)
-        if val["oa"] > best["oa"]:
-            best = {"epoch": epoch, **{k: val[k] for k in ("oa", "aa", "kappa")}}
+        if val[select_on] > best[select_on]:
+            best = {"epoch": epoch, **{k: val[k] for k in ("oa", "aa", "miou", "kappa")}}
             best_state = copy.deepcopy(model.state_dict())
         elif patience and epoch - best["epoch"] >= patience:
-            log.info("early stop at epoch %d: val OA has not improved for %d epochs", epoch, patience)
+            log.info(
+                "early stop at epoch %d: val %s has not improved for %d epochs", epoch, select_on, patience
+            )
             break
     seconds = time.perf_counter() - started
     log.info(
@@ -252,9 +315,9 @@ def train(
         "binding": {"primary": list(binding.primary), "auxiliary": list(binding.auxiliary)},
         "augmented": bool(use_gan),
         "n_parameters": n_params,
-        "n_train": len(train_batches),
-        "n_val": len(val_batches),
-        "selection": "best validation OA (validation carved from the official training pixels)",
+        "n_train": data.n_train,
+        "n_val": data.n_val,
+        "selection": f"best validation {select_on} (validation carved from the official training data)",
         "best": best,
         "epochs_run": len(history),
         "history": history,

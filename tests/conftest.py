@@ -21,6 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "houston2013-twin-small"
+SMALL_TILES = "dfc20-twin-small"
 
 torch.set_num_threads(1)
 
@@ -63,6 +64,34 @@ def small_twin(tmp_path_factory: pytest.TempPathFactory) -> SmallTwin:
         threads=1,
     )
     write_json(paths.summary, summary)
+    return paths
+
+
+@dataclass(frozen=True)
+class SmallTiles:
+    raw: Path
+    coreg: Path
+    store: Path
+
+
+@pytest.fixture(scope="session")
+def small_tiles(tmp_path_factory: pytest.TempPathFactory) -> SmallTiles:
+    """The small DFC 2020 twin (16 tiles): generated, downloaded over loopback, indexed, in a tile store."""
+    from stages.config import load_dataset
+    from stages.coregister import coregister
+    from stages.download import download_dataset
+    from stages.patches import build_patch_store
+    from stages.twin import generate_twin
+
+    base = tmp_path_factory.mktemp("tiles")
+    spec = load_dataset(SMALL_TILES)
+    paths = SmallTiles(base / "raw", base / "coreg", base / "patches.zarr")
+    generate_twin(spec, base / "twin")
+    download_dataset(spec, paths.raw, twin_dir=base / "twin")
+    coregister(spec, paths.raw, paths.coreg)
+    build_patch_store(
+        spec, paths.coreg, paths.store, val_fraction=0.2, split_seed=0, raw=paths.raw, threads=1
+    )
     return paths
 
 

@@ -125,3 +125,19 @@ def test_experiment_overrides_apply_to_the_preset_and_need_a_name() -> None:
     del pipeline["experiments"][0]["name"]
     with pytest.raises(ParamsError, match="give it a `name:`"):
         resolve_experiments(pipeline, load_dataset("houston2013"))
+
+
+def test_experiments_follow_the_dataset_task_and_their_dataset_list() -> None:
+    pipeline = {
+        "preset": "quick",
+        "experiments": [
+            {"model": "fusatnet"},
+            {"model": "unet"},
+            {"model": "unet", "modalities": ["auxiliary"], "datasets": ["dfc20"]},
+        ],
+    }
+    scene = [e.name for e in resolve_experiments(pipeline, load_dataset("houston2013"))]
+    tiles = [e.name for e in resolve_experiments(pipeline, load_dataset("dfc20"))]
+    twin = [e.name for e in resolve_experiments(pipeline, load_dataset("dfc20-twin"))]
+    assert scene == ["fusatnet", "unet"]  # the dfc20-only experiment is left out
+    assert tiles == twin == ["unet", "unet-s1"]  # FusAtNet classifies patch centres: not on tiles

@@ -92,7 +92,6 @@ def test_evaluation_outputs_and_scores(small_twin: SmallTwin, trained: tuple[Pat
     assert class_map.min() >= 1  # every pixel of the twin is valid and classified
     labelled = truth > 0
     assert (class_map[labelled] == truth[labelled]).mean() == pytest.approx(test["oa"])
-    assert len(json.loads((out / "confusion_records.json").read_text())) == test["n"]
 
 
 def test_mlflow_run_has_params_curves_scores_and_artifacts(trained: tuple[Path, str]) -> None:

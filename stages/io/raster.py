@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from stages.io.atomic import atomic_path
@@ -21,9 +23,10 @@ CLASS_NODATA = 0  # class maps: 0 = unlabelled / not classified, classes are 1..
 
 
 def profile(
-    height: int, width: int, count: int, dtype: str, transform: Affine, crs: CRS | None, **extra: Any
+    height: int, width: int, count: int, dtype: str, transform: Affine | None, crs: CRS | None, **extra: Any
 ) -> dict[str, Any]:
-    """A tiled, ZSTD-compressed GeoTIFF profile (predictor suited to the dtype)."""
+    """A tiled, ZSTD-compressed GeoTIFF profile (predictor suited to the dtype; ``transform=None``
+    writes a plain pixel grid without georeferencing)."""
     floating = np.dtype(dtype).kind == "f"
     prof = dict(
         driver="GTiff",
@@ -31,7 +34,6 @@ def profile(
         width=width,
         count=count,
         dtype=dtype,
-        transform=transform,
         crs=crs,
         tiled=True,
         blockxsize=BLOCK,
@@ -42,6 +44,8 @@ def profile(
         interleave="band" if count > 1 else "pixel",
         BIGTIFF="IF_SAFER",
     )
+    if transform is not None:
+        prof["transform"] = transform
     if floating:
         prof["nodata"] = np.nan
     prof.update(extra)
@@ -58,7 +62,7 @@ def block_windows(height: int, width: int, size: int = BLOCK) -> Iterator[Window
 def write_class_map(
     path: str | os.PathLike[str],
     classes: np.ndarray,
-    transform: Affine,
+    transform: Affine | None,
     crs: CRS | None,
     palette: Sequence[tuple[int, int, int]],
     class_names: Sequence[str],
@@ -74,11 +78,14 @@ def write_class_map(
         nodata=CLASS_NODATA,
         photometric="palette",
     )
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **prof) as dst:
-        # the colour table must precede the pixels in a compressed, tiled GeoTIFF
-        dst.write_colormap(1, colormap(palette))
-        dst.update_tags(1, class_names=",".join(class_names))
-        dst.write(classes.astype(np.uint8), 1)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        if transform is None:  # a deliberate pixel grid (e.g. a mosaic of tiles)
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **prof) as dst:
+            # the colour table must precede the pixels in a compressed, tiled GeoTIFF
+            dst.write_colormap(1, colormap(palette))
+            dst.update_tags(1, class_names=",".join(class_names))
+            dst.write(classes.astype(np.uint8), 1)
 
 
 def colormap(palette: Sequence[tuple[int, int, int]]) -> dict[int, tuple[int, int, int, int]]:

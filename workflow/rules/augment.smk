@@ -4,7 +4,7 @@
 rule augment:
     input:
         store="results/{ds}/patches.zarr",
-        params=f"params/models/{config['augment']['model']}.yaml",
+        params=lambda w: f"params/models/{augment_model(w)}.yaml",
     output:
         store=directory("results/{ds}/augmented.zarr"),
         quality="results/{ds}/augment/quality.json",
@@ -13,6 +13,7 @@ rule augment:
         samples=config["augment"]["samples_per_class"],
         preset=config["preset"],
         seed=config["augment"]["seed"],
+        tiles=config["augment"]["synthetic_tiles"],
     threads: config["threads"]["augment"]
     log:
         "results/{ds}/logs/augment.log",
@@ -23,4 +24,4 @@ rule augment:
     shell:
         "python -m stages.augment --dataset {wildcards.ds} --store {input.store} --out {output.store}"
         " --quality {output.quality} --samples-per-class {params.samples} --preset {params.preset}"
-        " --seed {params.seed} --threads {threads} > {log} 2>&1"
+        " --seed {params.seed} --synthetic-tiles {params.tiles} --threads {threads} > {log} 2>&1"

@@ -70,3 +70,9 @@ def mlflow_experiment(ds):
 def tracking_uri_arg():
     uri = config["mlflow"]["tracking_uri"]
     return f"--tracking-uri {uri}" if uri else ""
+
+
+def augment_model(wildcards):
+    """The GAN of the augment stage: patches for scene datasets, label-to-tile for tile datasets."""
+    key = "tile_model" if dataset(wildcards.ds).task == "tiles" else "model"
+    return config["augment"][key]

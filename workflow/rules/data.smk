@@ -55,6 +55,7 @@ rule coregister:
 rule patches:
     input:
         coreg="results/{ds}/coreg",
+        raw="data/raw/{ds}",
         params=dataset_params,
     output:
         store=directory("results/{ds}/patches.zarr"),
@@ -66,6 +67,8 @@ rule patches:
         shard=config["patches"]["shard_samples"],
         scene_chunk=config["patches"]["scene_chunk"],
         scene_shard=config["patches"]["scene_shard"],
+        tile_chunk=config["patches"]["tile_chunk"],
+        tile_shard=config["patches"]["tile_shard"],
         scheduler=(
             f"--scheduler {config['patches']['dask_scheduler']}" if config["patches"]["dask_scheduler"] else ""
         ),
@@ -80,4 +83,5 @@ rule patches:
         "python -m stages.patches --dataset {wildcards.ds} --coreg {input.coreg} --out {output.store}"
         " --summary {output.summary} --val-fraction {params.val_fraction} --split-seed {params.split_seed}"
         " --chunk-samples {params.chunk} --shard-samples {params.shard} --scene-chunk {params.scene_chunk}"
-        " --scene-shard {params.scene_shard} --threads {threads} {params.scheduler} > {log} 2>&1"
+        " --scene-shard {params.scene_shard} --raw {input.raw} --tile-chunk {params.tile_chunk}"
+        " --tile-shard {params.tile_shard} --threads {threads} {params.scheduler} > {log} 2>&1"

@@ -65,7 +65,6 @@ rule evaluate:
         metrics="results/{ds}/runs/{run}/seed{seed}/metrics.json",
         confusion="results/{ds}/runs/{run}/seed{seed}/confusion.csv",
         confusion_png="results/{ds}/runs/{run}/seed{seed}/confusion.png",
-        records="results/{ds}/runs/{run}/seed{seed}/confusion_records.json",
         map="results/{ds}/runs/{run}/seed{seed}/map.tif",
         map_png="results/{ds}/runs/{run}/seed{seed}/map.png",
     threads: config["threads"]["evaluate"]

@@ -9,6 +9,7 @@ rule report:
         confusion=lambda w: [f"{d}/confusion.csv" for d in run_dirs(w.ds)],
         quality="results/{ds}/augment/quality.json",
         patches="results/{ds}/patches.json",
+        store="results/{ds}/patches.zarr",
         coreg="results/{ds}/coreg",
     output:
         report=directory("results/{ds}/all"),
