@@ -123,3 +123,27 @@ def test_random_dihedral_applies_the_same_transform_to_both_inputs() -> None:
         candidates = [torch.rot90(x[i], k, (-2, -1)) for k in range(4)]
         candidates += [torch.rot90(x[i].flip(-1), k, (-2, -1)) for k in range(4)]
         assert any(torch.equal(p[i], c) for c in candidates)
+
+
+def test_experiment_overrides_reach_the_trained_model(small_twin: SmallTwin, tmp_path: Path) -> None:
+    exp = Experiment(
+        "narrow",
+        "two_branch_cnn",
+        ("hsi", "lidar"),
+        "quick",
+        None,
+        architecture={"hidden": 8},
+        training={"epochs": 1},
+    )
+    info = train(dataset=SMALL, experiment=exp, seed=0, store_path=small_twin.store, out=tmp_path, threads=1)
+    assert info["hyperparameters"]["architecture"]["hidden"] == 8 and info["epochs_run"] == 1
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert ckpt["architecture"]["hidden"] == 8
+    from stages.config import load_model
+    from stages.models import build_model
+
+    preset = load_model("two_branch_cnn", "quick").architecture
+    wide = build_model(
+        "two_branch_cnn", in_channels=(144, 1), n_classes=15, patch_size=11, architecture=preset
+    )
+    assert info["n_parameters"] < sum(p.numel() for p in wide.parameters())
