@@ -3,8 +3,9 @@
 Every batch is ``(primary (B, C1, T, T), auxiliary (B, C2, T, T), target (B, T, T))`` with class
 indices and :data:`~stages.models.base.IGNORE_INDEX` where a pixel carries no label of the split.
 
-* Tile stores: random ``T x T`` crops of the split's stored tiles, about one crop per ``T x T`` area of
-  each tile per epoch.
+* Tile stores: random ``T x T`` crops of the split's stored tiles, one per tile per epoch (``T`` is
+  the training tile size, usually smaller than the stored tiles; over a run each tile is seen many
+  times at different offsets, which keeps an epoch affordable on a CPU).
 * Scene stores: windows that together cover every labelled pixel of the split (the sparse training
   or validation pixels); every other pixel is ignored, so a segmentation model learns from exactly
   the pixels a patch classifier learns from. Windows may reach past the scene edge (zero-padded, ignored).
@@ -68,16 +69,13 @@ class TileCrops:
         size = self.labels[0].shape[-1]
         if crop > size:
             raise ValueError(f"crop {crop} exceeds the stored tiles ({size} px)")
-        self.per_tile = max(1, (size // crop) ** 2)
 
     def __len__(self) -> int:
-        return sum(len(lab) for lab in self.labels) * self.per_tile
+        return sum(len(lab) for lab in self.labels)
 
     def epoch(self, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         rng = rng or np.random.default_rng(0)
-        jobs = [
-            (s, t) for s, lab in enumerate(self.labels) for t in range(len(lab)) for _ in range(self.per_tile)
-        ]
+        jobs = [(s, t) for s, lab in enumerate(self.labels) for t in range(len(lab))]
         order = rng.permutation(len(jobs))
         size = self.labels[0].shape[-1]
         for i in range(0, len(order), self.batch_size):
