@@ -54,6 +54,7 @@ CLUSTER_JOBS = Counter(
 # machine; the tolerance only leaves room for a different BLAS code path on another node.
 OA_TOLERANCE = 0.02
 LIMIT_S = 900  # the whole SLURM run (about 4 minutes on an idle 2-core machine)
+STUCK_S = 240  # one job pending, or running, this long means the run is stuck (see _watch)
 
 
 def _slurm_env() -> dict[str, str]:
@@ -112,6 +113,74 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _squeue(env: dict[str, str]) -> list[dict[str, str]]:
+    """SLURM's record of every job it still holds (MinJobAge keeps finished ones for 10 minutes)."""
+    fields = ["id", "name", "state", "reason", "cpus", "memory", "elapsed", "comment"]
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%r|%C|%m|%M|%k"],
+        capture_output=True, text=True, env=env, timeout=30,
+    ).stdout  # fmt: skip
+    return [dict(zip(fields, line.split("|"), strict=False)) for line in out.splitlines()]
+
+
+def _watch(proc: subprocess.Popen, env: dict[str, str]) -> str | None:
+    """Wait for the workflow; return why it is stuck, or None once it has ended by itself.
+
+    Stuck: past LIMIT_S, a job PENDING for STUCK_S (the cluster is empty but for our jobs, so a pending
+    job will not start), or one job RUNNING for STUCK_S (every job takes well under a minute here).
+    """
+    deadline = time.monotonic() + LIMIT_S
+    first_seen: dict[tuple[str, str], float] = {}
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now > deadline:
+            return f"the SLURM workflow did not finish within {LIMIT_S} s"
+        for job in _squeue(env):
+            if job["state"] in ("PENDING", "RUNNING"):
+                since = first_seen.setdefault((job["id"], job["state"]), now)
+                if now - since > STUCK_S:
+                    return (
+                        f"SLURM job {job['id']} ({job['comment']}) {job['state']} for over {STUCK_S} s "
+                        f"(reason: {job['reason']})"
+                    )
+        time.sleep(5)
+    return None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"<{err}>"
+
+
+def _diagnose(root: Path, env: dict[str, str]) -> str:
+    """What SLURM, the node and the jobs' own logs say: the evidence a hung or failed run leaves."""
+
+    def run(*cmd: str) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
+            return (done.stdout + done.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"<{err}>"
+
+    parts = [
+        "--- squeue -t all ---\n" + "\n".join("|".join(job.values()) for job in _squeue(env)),
+        "--- scontrol show node ---\n" + run("scontrol", "show", "node"),
+        "--- nproc / free -m / df -h ---\n"
+        + "\n".join([run("nproc"), run("free", "-m"), run("df", "-h", str(root))]),
+    ]
+
+    def newest(folder: Path) -> list[Path]:  # the jobs that ran last, or are running
+        return sorted(folder.rglob("*.log"), key=lambda p: p.stat().st_mtime)[-4:]
+
+    for path in [*newest(root / ".snakemake" / "slurm_logs"), *newest(root / "results" / SMALL / "logs")]:
+        parts.append(f"--- {path.relative_to(root)} (tail) ---\n{_tail(path)}")
+    for daemon in ("slurmctld", "slurmd"):
+        parts.append(f"--- {daemon}.log (tail) ---\n{_tail(STATE / 'log' / f'{daemon}.log')}")
+    return "\n".join(parts)
+
+
 def _parse_log(log: str) -> tuple[dict[int, tuple[str, bool]], dict[int, str]]:
     rules = {}
     for m in re.finditer(r"^(local)?rule (\w+):\n((?:    .*\n)+)", log, re.M):
@@ -136,7 +205,6 @@ def slurm_run(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> 
     pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
     trains = [f"results/{SMALL}/runs/{run}/seed0/model.pt" for run in RUNS]
     cmd = [
-        "timeout", "-k", "30", str(LIMIT_S),
         "snakemake",
         "--profile", "workflow/profiles/slurm",
         "--profile", "tests/slurm/profile",
@@ -145,8 +213,15 @@ def slurm_run(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> 
     ]  # fmt: skip
     env = _slurm_env()
     start = time.monotonic()
+    out = root / "snakemake-slurm.log"
     try:
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=LIMIT_S + 60)
+        with out.open("w") as sink:
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+            stuck = _watch(proc, env)
+            if stuck:
+                diagnosis = _diagnose(root, env)  # before the kill: the stuck job's state as SLURM sees it
+                proc.kill()
+            proc.wait(timeout=60)
     finally:
         # a killed workflow cannot stop its MLflow server; a no-op when the onsuccess hook did
         subprocess.run(
@@ -154,11 +229,15 @@ def slurm_run(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> 
             cwd=root, env=env, capture_output=True, timeout=120,
         )  # fmt: skip
     seconds = time.monotonic() - start
-    log = proc.stdout + proc.stderr
-    (root / "snakemake-slurm.log").write_text(log)
-    assert proc.returncode == 0, (
-        f"snakemake on SLURM failed ({proc.returncode}, {seconds:.0f} s):\n{log[-8000:]}"
-    )
+    log = out.read_text()
+    if stuck or proc.returncode != 0:
+        # the diagnosis first: CI shows the head of a long assertion message
+        why = stuck or f"snakemake on SLURM failed ({proc.returncode})"
+        pytest.fail(
+            f"{why} after {seconds:.0f} s\n{diagnosis if stuck else _diagnose(root, env)}\n"
+            f"--- snakemake log (tail) ---\n{log[-6000:]}",
+            pytrace=False,
+        )
     rules, submitted = _parse_log(log)
     squeue = subprocess.run(
         ["squeue", "-h", "-t", "all", "-o", "%i|%T|%k|%S|%e"],

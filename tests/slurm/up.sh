@@ -9,8 +9,9 @@
 #   (a fresh CI machine has none of them; the packages stay installed);
 # * starts munged if it is not running (and remembers that it did);
 # * writes /etc/slurm/slurm.conf (the existing one, if any, is backed up first): one node with this
-#   machine's CPUs and memory, partition `debug`, no accounting, no cgroups. It must be that path, not
-#   $SLURM_CONF: the job-step plugin drops SLURM_* variables before its nested srun;
+#   machine's CPU layout (as `slurmd -C` sees it) and memory, partition `debug`, no accounting, no
+#   cgroups. It must be that path, not $SLURM_CONF: the job-step plugin drops SLURM_* variables
+#   before its nested srun;
 # * starts slurmctld and slurmd (state, spool, logs and pid files under $STATE) and waits until the
 #   node is idle.
 # MinJobAge=600 keeps finished jobs visible to squeue (the test cluster has no accounting, so sacct
@@ -80,7 +81,12 @@ if [ -e "$CONF" ] && [ ! -e "$STATE/backup/slurm.conf" ]; then
 fi
 [ -d /etc/slurm ] || { install -d -m 0755 /etc/slurm; : > "$STATE/created-etc-slurm"; }
 NODE=$(hostname -s)
-CPUS=$(nproc)
+# The node's layout as slurmd itself detects it (CPUs, sockets, cores, threads per core): a hand-written
+# `CPUs=$(nproc)` disagrees with it on a machine with hyper-threads, and a mismatch can leave a
+# multi-CPU job step waiting for CPUs forever. RealMemory is ours: 1 GB below the total, for the daemons.
+HW=$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+ //; s/ ?RealMemory=[0-9]+//')
+[ -n "$HW" ] || die "slurmd -C printed no node layout"
+CPUS=$(sed -E 's/.*CPUs=([0-9]+).*/\1/' <<<"$HW")
 MEM=$(( $(free -m | awk '/^Mem:/{print $2}') - 1024 ))
 cat > "$CONF" <<CONF
 # Written by landfuse tests/slurm/up.sh for the SLURM end-to-end test; tests/slurm/down.sh restores
@@ -108,7 +114,7 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MinJobAge=600
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
+NodeName=${NODE} NodeAddr=127.0.0.1 ${HW} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
 CONF
 
