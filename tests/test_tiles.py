@@ -12,7 +12,7 @@ import xarray as xr
 
 from stages.augment import augment
 from stages.config import Experiment, load_dataset
-from stages.data.segmentation import TileCrops
+from stages.data.segmentation import TileCrops, batch_slices
 from stages.data.store import ModalityBinding, PatchStore
 from stages.evaluate import evaluate
 from stages.models.base import IGNORE_INDEX
@@ -117,3 +117,11 @@ def test_tile_gan_writes_tiles_and_a_quality_report(small_tiles: SmallTiles, tmp
     )
     assert set(report["spectral_angle_deg"]) == {"s2"} and 0 <= report["tstr_val_accuracy"] <= 1
     assert report["trained_on"] == "train split only" and (tmp_path / "augment" / "spectra.png").is_file()
+
+
+def test_batch_slices_never_leave_a_batch_of_one() -> None:
+    def sizes(n: int, b: int) -> list[int]:
+        return [s.stop - s.start for s in batch_slices(n, b)]
+
+    assert sizes(16, 8) == [8, 8] and sizes(17, 8) == [8, 9] and sizes(18, 8) == [8, 8, 2]
+    assert sizes(1, 8) == [1] and sizes(9, 8) == [9] and sizes(0, 8) == []

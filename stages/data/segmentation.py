@@ -44,6 +44,18 @@ def _labels_to_targets(labels: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches over ``n`` items; a trailing batch of one joins the batch before it.
+
+    BatchNorm cannot normalise one sample whose map is 1 x 1 (the image-pool branch of an ASPP on a
+    small window), and training dies on it: no sample is dropped, the last batch is one larger.
+    """
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], n][: len(starts)], strict=True)]
+
+
 class TileCrops:
     """Random crops from tile-store splits (e.g. ``[(store, "train"), (gan_store, "train")]``)."""
 
@@ -78,9 +90,9 @@ class TileCrops:
         jobs = [(s, t) for s, lab in enumerate(self.labels) for t in range(len(lab))]
         order = rng.permutation(len(jobs))
         size = self.labels[0].shape[-1]
-        for i in range(0, len(order), self.batch_size):
+        for batch in batch_slices(len(order), self.batch_size):
             prim, aux, tgt = [], [], []
-            for j in order[i : i + self.batch_size]:
+            for j in order[batch]:
                 s, t = jobs[j]
                 r, c = rng.integers(0, size - self.crop + 1, size=2)
                 win = (slice(r, r + self.crop), slice(c, c + self.crop))
@@ -173,9 +185,9 @@ class SceneWindows:
     def epoch(self, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         rng = rng or np.random.default_rng(0)
         origins = self.origins(rng)
-        for i in range(0, len(origins), self.batch_size):
+        for batch in batch_slices(len(origins), self.batch_size):
             prim, aux, tgt = [], [], []
-            for r0, c0 in origins[i : i + self.batch_size]:
+            for r0, c0 in origins[batch]:
                 arrays, target = self.read(r0, c0)
                 code = int(rng.integers(0, 8)) if self.augment else 0
                 p, a = self.binding.bind({m: dihedral(x, code)[None] for m, x in arrays.items()})
