@@ -12,7 +12,7 @@ from stages.config import load_model
 from stages.data.store import ModalityBinding
 from stages.models import MODELS, PatchClassifier, build_model
 from stages.models.cnn import SingleStreamCNN
-from stages.models.endnet import EndNet
+from stages.models.endnet import EndNet, local_profile, profile_length
 from stages.models.pande import CoupledLoop, PandeBanerjee, SpectralStem, band_grid
 from stages.train import make_schedule
 
@@ -53,8 +53,10 @@ def _batch(in_ch: tuple[int, int], b: int = 3, p: int = 11, seed: int = 0) -> tu
     )
 
 
-def _tiny(name: str, in_ch: tuple[int, int], p: int = 11) -> PatchClassifier:
-    return build_model(name, in_channels=in_ch, n_classes=K, patch_size=p, architecture=TINY[name])
+def _tiny(name: str, in_ch: tuple[int, int], p: int = 11, **over: object) -> PatchClassifier:
+    return build_model(
+        name, in_channels=in_ch, n_classes=K, patch_size=p, architecture={**TINY[name], **over}
+    )
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -258,22 +260,48 @@ def test_pande_paper_schedule_reproduces_the_keras_scheduler() -> None:
 
 
 def test_endnet_paper_preset_matches_the_official_parameter_count() -> None:
+    """92,628: the code's Houston2013 model (144 HSI bands, 21 LiDAR features). Our 21 LiDAR features
+    are the DSM's local profile at P = 11 (1 + 4 x 5 window sizes); fed the raw centre pixel, 91,968."""
     arch = load_model("endnet", "paper").architecture
-    counts = {
-        ch: _n_params(build_model("endnet", in_channels=ch, n_classes=15, patch_size=11, architecture=arch))
-        for ch in [(144, 21), (144, 1)]
-    }
-    assert counts == {(144, 21): 92_628, (144, 1): 91_968}  # (144, 21): the code's Houston2013 inputs
+    assert arch["aux_features"] == "profile"
+
+    def count(ch: tuple[int, int], **over: str) -> int:
+        model = build_model(
+            "endnet", in_channels=ch, n_classes=15, patch_size=11, architecture={**arch, **over}
+        )
+        return _n_params(model)
+
+    assert count((144, 1)) == 92_628
+    assert (
+        count((144, 21), aux_features="centre") == 92_628 and count((144, 1), aux_features="centre") == 91_968
+    )
 
 
-def test_endnet_reads_only_the_centre_pixel_and_its_losses() -> None:
+def test_endnet_local_profile_by_hand() -> None:
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 3.0  # a 3 m "roof" pixel in a flat 5 x 5 patch, one 1 m neighbour
+    x[0, 0, 1, 2] = 1.0
+    prof = local_profile(x)[0].tolist()
+    mean3, mean5 = 4.0 / 9, 4.0 / 25
+    std3 = (sum(v * v for v in (3.0, 1.0)) / 9 - mean3**2) ** 0.5
+    std5 = (sum(v * v for v in (3.0, 1.0)) / 25 - mean5**2) ** 0.5
+    # centre, then per window (3, 5): centre - min, max - centre, mean - centre, std
+    expected = [3.0, 3.0, 0.0, mean3 - 3.0, std3, 3.0, 0.0, mean5 - 3.0, std5]
+    assert prof == pytest.approx(expected, rel=1e-6) and profile_length(5) == len(expected)
+    assert local_profile(torch.randn(2, 3, 11, 11)).shape == (2, 3 * 21)
+
+
+def test_endnet_reads_the_centre_pixel_and_the_auxiliary_profile_and_its_losses() -> None:
     torch.manual_seed(0)
     model = _tiny("endnet", (6, 2)).eval()
+    centre_only = _tiny("endnet", (6, 2), aux_features="centre").eval()
     xp, xa, y = _batch((6, 2))
     noisy_p, noisy_a = xp + torch.randn_like(xp), xa + torch.randn_like(xa)
     noisy_p[:, :, 5, 5], noisy_a[:, :, 5, 5] = xp[:, :, 5, 5], xa[:, :, 5, 5]
     with torch.inference_mode():
-        assert torch.equal(model(xp, xa), model(noisy_p, noisy_a))
+        assert torch.equal(model(xp, xa), model(noisy_p, xa))  # the HSI: its centre pixel only
+        assert not torch.allclose(model(xp, xa), model(xp, noisy_a))  # the auxiliary: its neighbourhood
+        assert torch.equal(centre_only(xp, xa), centre_only(noisy_p, noisy_a))
     loss, parts = model.training_loss(xp, xa, y)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 2 * 2 + 2 + 2 * 2 + 1  # encoders, joint + head, decoders (TINY widths)
