@@ -148,13 +148,16 @@ def shrink_to_test_size(root: Path, experiments: list[dict], gan_steps: int) -> 
     gan_path.write_text(yaml.safe_dump(gan, sort_keys=False))
 
 
-# The end-to-end configuration: one seed, four experiments, a short GAN run.
+# The end-to-end configuration: one seed, five experiments (four patch classifiers and a segmentation
+# model cut to three epochs, which trains on scene windows), a short GAN run.
 E2E_EXPERIMENTS = [
     {"model": "two_branch_cnn"},
     {"model": "two_branch_cnn", "modalities": ["primary"]},
     {"model": "two_branch_cnn", "modalities": ["auxiliary"]},
     {"model": "fusatnet"},
+    {"model": "ammfusenet", "name": "ammfusenet", "training": {"epochs": 3}},
 ]
+E2E_RUNS = ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet", "ammfusenet"]
 E2E_GAN_STEPS = 40
 
 

@@ -1,9 +1,10 @@
 """End to end: real Snakemake on the small twin, from twin generation to the report, in a project copy.
 
-The copy gets a test-sized configuration (one seed, four experiments, a short GAN run); everything
-else is the project as committed. The thresholds below were measured on the small twin (quick
-presets, seed 0: fused CNN 0.79 OA, HSI-only 0.74, LiDAR-only 0.39, FusAtNet 0.63) and leave room
-for floating-point differences between machines, not for a broken pipeline.
+The copy gets a test-sized configuration (one seed, four patch experiments and a three-epoch
+AMM-FuseNet, a short GAN run); everything else is the project as committed. The thresholds below were
+measured on the small twin (quick presets, seed 0: fused CNN 0.79 OA, HSI-only 0.74, LiDAR-only 0.39,
+FusAtNet 0.63) and leave room for floating-point differences between machines, not for a broken
+pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import rasterio
 
 from stages.io.hashing import sha256_file
-from tests.conftest import SMALL, run
+from tests.conftest import E2E_RUNS, SMALL, run
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +46,9 @@ def test_report_holds_table_figures_and_manifest(project: Path) -> None:
     ):
         assert (out / name).is_file(), name
     table = (out / "table.md").read_text()
-    for exp in ("two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"):
+    for exp in E2E_RUNS:
         assert f"| {exp} |" in table
-    assert sorted(p.stem for p in (project / "results" / SMALL / "curves").glob("*.csv")) == sorted(
-        ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"]
-    )
+    assert sorted(p.stem for p in (project / "results" / SMALL / "curves").glob("*.csv")) == sorted(E2E_RUNS)
 
 
 def test_manifest_lists_every_artifact_with_its_sha256(project: Path) -> None:
@@ -86,6 +85,22 @@ def test_fusion_beats_each_modality_alone(project: Path) -> None:
     )  # far above chance (1/15); the small twin has ~230 training patches
 
 
+def test_segmentation_model_is_scored_on_the_patch_models_test_pixels(project: Path) -> None:
+    """A segmentation model on a scene: trained on windows of the sparse training pixels, scored on
+    exactly the test pixels the patch classifiers are scored on, and mapped over the whole scene."""
+    runs = project / "results" / SMALL / "runs"
+    seg, patch = (
+        json.loads((runs / n / "seed0" / "metrics.json").read_text()) for n in ("ammfusenet", "fusatnet")
+    )
+    assert seg["test"]["n"] == patch["test"]["n"] and seg["test"]["support"] == patch["test"]["support"]
+    assert seg["test"]["oa"] > 1 / len(seg["classes"])  # three epochs: above chance, not more
+    with (
+        rasterio.open(runs / "ammfusenet" / "seed0" / "map.tif") as seg_map,
+        rasterio.open(runs / "fusatnet" / "seed0" / "map.tif") as patch_map,
+    ):
+        assert seg_map.shape == patch_map.shape and seg_map.transform == patch_map.transform
+
+
 def test_maps_are_georeferenced_class_rasters(project: Path) -> None:
     path = project / "results" / SMALL / "runs" / "two_branch_cnn" / "seed0" / "map.tif"
     with rasterio.open(path) as ds:
@@ -102,9 +117,7 @@ def test_second_snakemake_run_has_nothing_to_do(project: Path) -> None:
 def test_mlflow_holds_one_run_per_experiment_and_seed(project: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{project / 'results' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[f"landfuse-{SMALL}"], output_format="list")
-    assert sorted(r.data.tags["experiment"] for r in runs) == sorted(
-        ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet"]
-    )
+    assert sorted(r.data.tags["experiment"] for r in runs) == sorted(E2E_RUNS)
     metrics = _metrics(project)
     for r in runs:
         assert r.info.status == "FINISHED"
