@@ -24,6 +24,7 @@ from rasterio.io import DatasetReader, MemoryFile
 
 from stages.config import DatasetSpec, Modality
 from stages.datasets.envi_roi import read_envi_roi, roi_label_image
+from stages.datasets.splits import SplitError, apply_split
 
 
 class SourceError(ValueError):
@@ -53,40 +54,95 @@ def open_modality(raw_dir: Path, modality: Modality) -> Iterator[DatasetReader]:
                     f"`{modality.name}`. Is this the right file?"
                 )
             yield ds
-    elif modality.format == "mat":
-        array = read_mat(path, modality.key or modality.name)
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.shape[-1] != modality.bands:
-            raise SourceError(
-                f"{path}: `{modality.key}` has {array.shape[-1]} bands; params say {modality.bands}."
-            )
-        with as_dataset(np.moveaxis(array, -1, 0)) as ds:
+    elif modality.format in ("mat", "npy"):
+        with as_dataset(read_modality_array(path, modality)) as ds:
             yield ds
     else:
         raise SourceError(f"{path}: unsupported format {modality.format!r}.")
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """A NumPy ``.npy`` array, memory-mapped (no pickles: they can run code)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise SourceError(
+            f"{path}: cannot read it as a .npy array ({err}). Save it with numpy.save (no object arrays)."
+        ) from err
+
+
+def read_modality_array(path: Path, modality: Modality) -> np.ndarray:
+    """A ``.mat``/``.npy`` modality as a ``(C, H, W)`` array, its band count checked against the params.
+
+    2-D arrays are one band; 3-D arrays follow ``layout`` (``chw`` or ``hwc``; ``.mat`` defaults to
+    ``hwc``, MATLAB's usual order).
+    """
+    if modality.format == "mat":
+        array = read_mat(path, modality.key or modality.name)
+        layout = modality.layout or "hwc"
+    else:
+        array = read_npy(path)
+        layout = modality.layout or "chw"
+    where = f"modalities.{modality.name}"
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        array = np.moveaxis(array, -1, 0) if layout == "hwc" else array
+    else:
+        raise SourceError(
+            f"{path}: the {modality.name} array has shape {array.shape}; expected H x W or a 3-D array "
+            f"({where}.layout says which axis holds the bands)."
+        )
+    if array.shape[0] != modality.bands:
+        raise SourceError(
+            f"{path}: read with layout {layout} the {modality.name} array {tuple(array.shape)} has "
+            f"{array.shape[0]} bands, but {where}.bands is {modality.bands}. Fix `bands:` or `layout:` "
+            "(chw = bands first, hwc = bands last) in the params file."
+        )
+    if array.dtype.kind not in "biuf":
+        raise SourceError(f"{path}: the {modality.name} array has dtype {array.dtype}; expected numbers.")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
 def read_mat(path: Path, key: str) -> np.ndarray:
-    """Read ``key`` (dotted struct path allowed) from a MATLAB v5 or v7.3 file."""
-    parts = key.split(".")
+    """Read ``key`` from a MATLAB v5 or v7.3 file.
+
+    ``key`` is a variable or a dotted struct path; a part may carry a 0-based index into a struct
+    array, as ``hsi.Lidar[0].z`` reads MATLAB's ``hsi.Lidar(1).z`` (a 1 x 1 struct array loads
+    squeezed to a single struct, which index 0 also accepts).
+    """
+    parts = [_mat_part(p) for p in key.split(".")]
     try:
         import scipy.io
 
         data = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-        value = data[parts[0]]
-        for part in parts[1:]:
-            value = getattr(value, part)
+        value = data[parts[0][0]]
+        for i, (name, index) in enumerate(parts):
+            value = value if i == 0 else getattr(value, name)
+            single = isinstance(value, scipy.io.matlab.mat_struct)  # a squeezed 1 x 1 struct array
+            if index is not None and not (single and index == 0):
+                value = value[index]
         return np.asarray(value)
     except NotImplementedError:  # v7.3 is HDF5
         import h5py
 
+        # [U] only 1 x 1 struct arrays (groups) are supported here: the index is dropped
         with h5py.File(path, "r") as fh:
-            value = fh["/".join(parts)][()]
+            value = fh["/".join(name for name, _ in parts)][()]
         # MATLAB stores column-major: HDF5 sees the axes reversed
         return np.asarray(value).T
-    except (KeyError, AttributeError) as err:
+    except (KeyError, AttributeError, IndexError) as err:
         raise SourceError(f"{path}: no variable `{key}` ({err}). Check `key:` in the params file.") from err
+
+
+def _mat_part(part: str) -> tuple[str, int | None]:
+    """``"Lidar[0]"`` -> ``("Lidar", 0)``; ``"Data"`` -> ``("Data", None)``."""
+    if part.endswith("]") and "[" in part:
+        name, index = part[:-1].split("[", 1)
+        return name, int(index)
+    return part, None
 
 
 @contextlib.contextmanager
@@ -100,6 +156,24 @@ def as_dataset(array: np.ndarray) -> Iterator[DatasetReader]:
                 dst.write(array)
             with mem.open() as ds:
                 yield ds
+
+
+def read_scene_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, int]) -> np.ndarray:
+    """Like :func:`read_labels`, and also reads ``labels.format: npy`` (an H x W array on the grid)."""
+    if spec.labels["format"] != "npy":
+        return read_labels(raw_dir, spec, split, shape)
+    path = raw_dir / spec.labels[split]
+    if not path.is_file():
+        raise SourceError(f"{path}: the {split} labels are missing. Run the download stage first.")
+    labels = read_npy(path)
+    if labels.shape != tuple(shape):
+        raise SourceError(
+            f"{path}: the {split} labels are {labels.shape}, but the reference grid is {tuple(shape)}. "
+            "A .npy label array must be H x W on the reference modality's grid."
+        )
+    if labels.dtype.kind not in "biu":
+        raise SourceError(f"{path}: {split} labels have dtype {labels.dtype}; expected integer class ids.")
+    return _check_label_values(np.asarray(labels), spec, path)
 
 
 def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, int]) -> np.ndarray:
@@ -120,7 +194,13 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
         raise SourceError(f"{path}: unsupported label format {fmt!r}.")
     if labels.shape != shape:
         raise SourceError(f"{path}: labels are {labels.shape}, the scene is {shape}.")
-    return _check_label_values(labels, spec, path)
+    labels = _check_label_values(labels, spec, path)
+    if "split" in spec.labels:  # one labelled map: the split is drawn from it (stages/datasets/splits.py)
+        try:
+            labels = apply_split(labels, spec, split)
+        except SplitError as err:
+            raise SourceError(f"{path}: {err}") from err
+    return labels
 
 
 def _check_label_values(labels: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
