@@ -119,6 +119,7 @@ class Modality:
     units: str | None
     resampling: str
     key: str | None
+    layout: str | None = None  # .npy/.mat arrays: "chw" (bands first) or "hwc" (bands last)
 
 
 @dataclass(frozen=True)
@@ -152,12 +153,36 @@ class DatasetSpec:
 
     # -- geometry and modalities ------------------------------------------------------------------
     @property
+    def is_local(self) -> bool:
+        """Your own data (``source.kind: local``), copied in from the ``path:`` entries."""
+        return self.raw["source"]["kind"] == "local"
+
+    @property
+    def local_sources(self) -> dict[str, Path]:
+        """Local data: each file's name in ``data/raw/<name>`` -> its source path (absolute)."""
+        return {k: Path(v) for k, v in self.raw.get("local_sources", {}).items()}
+
+    @property
+    def declared_shape(self) -> tuple[int, int] | None:
+        """``(grid.height, grid.width)``, or None where local data leaves them to the reference file."""
+        grid = self.raw["grid"]
+        return (grid["height"], grid["width"]) if "height" in grid and "width" in grid else None
+
+    @property
     def height(self) -> int:
-        return self.raw["grid"]["height"]
+        return self._grid_size("height")
 
     @property
     def width(self) -> int:
-        return self.raw["grid"]["width"]
+        return self._grid_size("width")
+
+    def _grid_size(self, key: str) -> int:
+        if key not in self.raw["grid"]:
+            raise ParamsError(
+                f"{self.path}: grid.{key} is not set; for local data it is taken from the reference "
+                "modality by the coregister stage (read results/<name>/coreg/grid.json)."
+            )
+        return self.raw["grid"][key]
 
     @property
     def grid(self) -> dict[str, Any]:
@@ -208,6 +233,7 @@ class DatasetSpec:
                 # bilinear for continuous bands; the schema allows others per modality
                 resampling=m.get("resampling", "bilinear"),
                 key=m.get("key"),
+                layout=m.get("layout"),
             )
         return out
 
@@ -274,19 +300,107 @@ def load_dataset(name: str, root: Path | None = None) -> DatasetSpec:
         base = load_yaml(_dataset_file(base_name, root))
         base.pop("twin_of", None)
         data = deep_merge(base, data)
+    if data.get("source", {}).get("kind") == "local":
+        _fill_local_classes(data)
     validate(data, "dataset", path)
     _check_dataset(data, path)
+    if data["source"]["kind"] == "local":
+        _resolve_local_files(data, path)
     return DatasetSpec(name=name, raw=data, path=path)
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """``n`` distinct, deterministic colours: hues stepped by the golden ratio, alternating lightness."""
+    import colorsys
+
+    out = []
+    for i in range(n):
+        hue = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hls_to_rgb(hue, 0.45 if i % 2 else 0.6, 0.75)
+        out.append([round(r * 255), round(g * 255), round(b * 255)])
+    return out
+
+
+def _slug(text: str) -> str:
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split()) or "class"
+
+
+def _fill_local_classes(data: dict[str, Any]) -> None:
+    """Local data may list classes by name only: ids 1..K in order, keys from names, default colours."""
+    classes = data.get("classes")
+    if not isinstance(classes, list):
+        return  # the schema reports it
+    classes = [{"name": c} if isinstance(c, str) else c for c in classes]
+    palette = data.get("palette") or []
+    defaults = default_palette(len(classes))
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict):
+            continue
+        c.setdefault("id", i + 1)
+        if "name" in c:
+            c.setdefault("key", _slug(str(c["name"])))
+        c.setdefault("color", list(palette[i]) if i < len(palette) else defaults[i])
+    data["classes"] = classes
+
+
+LOCAL_LABEL_NAMES = {"train": "labels_train", "test": "labels_test"}
+
+
+def _local_path(value: str, path: Path) -> Path:
+    """A ``path:`` of local data: absolute, or relative to the project root that holds ``params/``."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (path.resolve().parent.parent.parent / p)
+
+
+def _resolve_local_files(data: dict[str, Any], path: Path) -> None:
+    """Give every local file a stable name in ``data/raw/<name>`` and remember where it comes from."""
+    sources: dict[str, str] = {}
+    for name, m in data["modalities"].items():
+        if "path" not in m:
+            raise ParamsError(f"{path}: modalities.{name} needs `path:` (the file) for `source.kind: local`.")
+        src = _local_path(m["path"], path)
+        m["file"] = name + "".join(src.suffixes[-1:])
+        sources[m["file"]] = str(src)
+        if m["format"] == "envi":  # the header travels with the data, named as GDAL looks for it
+            headers = [src.with_suffix(".hdr"), src.with_name(src.name + ".hdr")]
+            sources[f"{name}.hdr"] = str(next((h for h in headers if h.is_file()), headers[0]))
+    labels = data["labels"]
+    if labels["format"] not in ("geotiff", "npy", "mat"):
+        raise ParamsError(
+            f"{path}: labels.format {labels['format']!r} is not supported for local data; use geotiff, "
+            "npy or mat (a label raster on the reference grid)."
+        )
+    for split, stable in LOCAL_LABEL_NAMES.items():
+        src = _local_path(labels[split], path)
+        labels[split] = stable + "".join(src.suffixes[-1:])
+        if labels[split] in sources:
+            raise ParamsError(f"{path}: a modality named `{stable}` clashes with the label files; rename it.")
+        sources[labels[split]] = str(src)
+    data["local_sources"] = sources
 
 
 def _check_dataset(data: dict[str, Any], path: Path) -> None:
     """Cross-field rules a JSON schema cannot express."""
     mods = data["modalities"]
+    local = data["source"]["kind"] == "local"
+    if not local and not {"height", "width"} <= set(data["grid"]):
+        raise ParamsError(f"{path}: grid.height and grid.width are required (only local data may omit them).")
+    if local and data["task"] != "scene":
+        raise ParamsError(f"{path}: local data (`source.kind: local`) is one scene; set `task: scene`.")
     if data["grid"]["reference"] not in mods:
         raise ParamsError(f"{path}: grid.reference `{data['grid']['reference']}` is not a modality.")
     if not any(m["role"] == "primary" for m in mods.values()):
         raise ParamsError(f"{path}: at least one modality needs `role: primary`.")
     for name, m in mods.items():
+        if m["format"] == "npy" and m["bands"] > 1 and "layout" not in m:
+            raise ParamsError(
+                f"{path}: modalities.{name} is a {m['bands']}-band .npy; say its axis order with "
+                "`layout: chw` (bands first) or `layout: hwc` (bands last)."
+            )
+        if m["format"] == "mat" and local and "key" not in m:
+            raise ParamsError(f"{path}: modalities.{name} is a .mat file; name its variable with `key:`.")
+        if "file" not in m and not local:
+            raise ParamsError(f"{path}: modalities.{name} needs `file:` (its path inside data/raw/<name>).")
         for key in ("band_names", "wavelengths_nm"):
             if key in m and len(m[key]) != m["bands"]:
                 raise ParamsError(

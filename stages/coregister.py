@@ -42,7 +42,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from stages.config import DatasetSpec, Modality, load_dataset
-from stages.datasets.readers import SourceError, open_modality, read_labels
+from stages.datasets.readers import SourceError, open_modality, read_scene_labels
 from stages.datasets.tiles import index_tiles
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
@@ -90,22 +90,27 @@ def _has_geotransform(ds: DatasetReader) -> bool:
 
 
 def reference_grid(ds: DatasetReader, spec: DatasetSpec) -> Grid:
-    """The grid of the reference modality, with params fallbacks for missing georeferencing."""
-    if (ds.height, ds.width) != (spec.height, spec.width):
+    """The grid of the reference modality, with params fallbacks for missing georeferencing.
+
+    Local data may leave grid.height/width out: the reference modality's own size is then the grid.
+    """
+    declared = spec.declared_shape
+    if declared is not None and (ds.height, ds.width) != declared:
         raise SourceError(
             f"{ds.name}: the reference modality is {ds.height} x {ds.width} but {spec.path} declares "
-            f"grid {spec.height} x {spec.width}. Fix grid.height/width or check the file."
+            f"grid {declared[0]} x {declared[1]}. Fix grid.height/width or check the file."
         )
+    height, width = ds.height, ds.width
     georef = _has_geotransform(ds)
     if georef:
         transform = ds.transform
     else:
         gsd = float(spec.grid.get("gsd_m", 1.0))
-        transform = Affine(gsd, 0, 0, 0, -gsd, spec.height * gsd)
+        transform = Affine(gsd, 0, 0, 0, -gsd, height * gsd)
     crs, assumed = ds.crs, False
     if crs is None and spec.grid.get("fallback_crs") and georef:
         crs, assumed = CRS.from_user_input(spec.grid["fallback_crs"]), True
-    return Grid(spec.height, spec.width, transform, crs, georef, assumed)
+    return Grid(height, width, transform, crs, georef, assumed)
 
 
 def source_transform(ds: DatasetReader, grid: Grid) -> Affine:
@@ -229,6 +234,12 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
         valid = np.ones((grid.height, grid.width), bool)
         for name, modality in modalities.items():
             with open_modality(raw_dir, modality) as ds:
+                if spec.is_local and not _has_geotransform(ds) and ds.shape != (grid.height, grid.width):
+                    raise SourceError(
+                        f"{raw_dir / modality.file}: `{name}` is {ds.height} x {ds.width} without "
+                        f"georeferencing; local data like this must already be on the {grid.height} x "
+                        f"{grid.width} reference grid. Resample it first, or give a georeferenced GeoTIFF."
+                    )
                 written = write_modality(ds, modality, grid, tmp / f"{name}.tif", valid)
                 source_grid = {
                     "height": ds.height,
@@ -266,7 +277,7 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
             sidecar["modalities"][name]["shift_px"] = shift
 
         shape = (grid.height, grid.width)
-        labels = {split: read_labels(raw_dir, spec, split, shape) for split in ("train", "test")}
+        labels = {split: read_scene_labels(raw_dir, spec, split, shape) for split in ("train", "test")}
         overlap = int(((labels["train"] > 0) & (labels["test"] > 0)).sum())
         if overlap:
             raise SourceError(f"{spec.name}: {overlap} pixels are labelled in both the train and test split.")

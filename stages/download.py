@@ -9,6 +9,12 @@ What to fetch comes from ``source:`` in ``params/datasets/<name>.yaml``:
   checksums). Checksums come only from the manifest, never from the real dataset's params entry.
 * ``kind: manual`` — nothing is downloaded; the user places each file in ``<out>/archives/`` (or
   ``<out>/``) and this stage verifies and unpacks it, or explains where to put what.
+* ``kind: local`` — your own data ("bring your own data"): every modality's and label file's ``path:``
+  is checked (exists, readable, band count, and for arrays without georeferencing the shape of the
+  reference grid), then *copied* into ``<out>/`` under a stable name (``<modality>.<ext>``,
+  ``labels_train.<ext>``, ``labels_test.<ext>``) with its sha256 in the receipt. A copy, not a link:
+  a later edit of the original cannot silently change what the results were computed from (Snakemake
+  sees the edit through the rule's inputs and reruns the stage).
 
 Each archive with ``unpack: zip|tar`` is extracted safely into ``<out>/``; any other file is placed at
 ``<out>/<file>``. Every path listed under ``contents`` is then checked against its sha256.
@@ -59,6 +65,10 @@ ARCHIVES = "archives"
 RECEIPT = "download.json"
 TWIN_MANIFEST = "twin-manifest.json"
 RESERVED = (ARCHIVES, RECEIPT)
+
+
+class LocalDataError(DownloadError):
+    """A ``kind: local`` file is missing, unreadable or not on the reference grid; the message says which."""
 
 
 class ManualDownloadRequired(DownloadError):
@@ -326,6 +336,9 @@ def download_dataset(
         "twin": lambda: _fetch_twin_checked(spec, out, twin_dir, **fetch_kw),
         "manual": lambda: locate_manual(spec, params_entries(spec), out),
     }
+    if kind == "local":
+        log.info("%s: source kind local -> %s", spec.name, out)
+        return build_local(spec, out)
     if kind not in fetchers:
         raise ParamsError(f"{spec.path}: unknown source.kind {kind!r}.")
     log.info("%s: source kind %s -> %s", spec.name, kind, out)
@@ -346,6 +359,169 @@ def _fetch_twin_checked(
         )
     twin_dir = Path(twin_dir)
     return fetch_twin(twin_entries(spec, twin_dir), cache_dir(out), twin_dir, **fetch_kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Local data (source.kind: local)
+# --------------------------------------------------------------------------------------------------
+
+
+def _display(path: Path) -> str:
+    """A source path for the receipt: relative to the project root where it lies inside it."""
+    from stages.paths import project_root
+
+    try:
+        return str(path.resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
+def _readable(spec: DatasetSpec, name: str, path: Path) -> None:
+    if not path.is_file():
+        hint = (
+            "ENVI data needs its .hdr header beside it (same name with .hdr, or with .hdr appended)"
+            if name.endswith(".hdr")
+            else "check the `path:` (absolute, or relative to the project root)"
+        )
+        raise LocalDataError(
+            f"{path}: no such file (wanted as {name} for {spec.name}); {hint} in {spec.path}."
+        )
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise LocalDataError(f"{path}: cannot be read ({err.strerror}); fix its permissions.") from err
+
+
+def _probe(spec: DatasetSpec, name: str, path: Path) -> tuple[tuple[int, int], Any]:
+    """``(height, width)`` and the transform (None without georeferencing) of one modality's source."""
+    from dataclasses import replace
+
+    from stages.datasets.readers import SourceError, open_modality
+
+    modality = spec.modalities[name]
+    if modality.format == "envi" and path.suffix.lower() == ".hdr":
+        raise LocalDataError(
+            f"{path}: modalities.{name}.path names the ENVI header; give the data file beside it instead."
+        )
+    try:
+        with open_modality(path.parent, replace(modality, file=path.name)) as ds:
+            georef = not ds.transform.is_identity and modality.format in ("geotiff", "envi")
+            return (ds.height, ds.width), (ds.transform if georef else None)
+    except SourceError as err:
+        raise LocalDataError(f"{err} (modalities.{name} in {spec.path})") from err
+
+
+def _label_shape(spec: DatasetSpec, split: str, path: Path) -> tuple[tuple[int, int], Any]:
+    import rasterio
+
+    from stages.datasets.readers import SourceError, read_mat, read_npy
+
+    fmt = spec.labels["format"]
+    try:
+        if fmt == "geotiff":
+            try:
+                with rasterio.open(path) as ds:
+                    georef = not ds.transform.is_identity
+                    return (ds.height, ds.width), (ds.transform if georef else None)
+            except rasterio.errors.RasterioIOError as err:
+                raise LocalDataError(
+                    f"{path}: the {split} labels are not a readable GeoTIFF ({err})."
+                ) from err
+        array = read_npy(path) if fmt == "npy" else read_mat(path, spec.labels.get("key", split))
+    except SourceError as err:
+        raise LocalDataError(str(err)) from err
+    if array.ndim != 2:
+        raise LocalDataError(
+            f"{path}: the {split} labels have shape {array.shape}; expected one H x W array of class ids."
+        )
+    return (int(array.shape[0]), int(array.shape[1])), None
+
+
+def _where(transform: Any) -> str:
+    if transform is None:
+        return "no georeferencing"
+    return f"origin ({transform.c:g}, {transform.f:g}), pixel {transform.a:g} x {transform.e:g}"
+
+
+def check_local(spec: DatasetSpec) -> tuple[int, int]:
+    """Check every local file before anything is written; return the reference grid's shape.
+
+    Arrays without georeferencing (.npy, .mat, and labels) cannot be resampled: they must already have
+    the reference modality's height and width.
+    """
+    for name, src in spec.local_sources.items():
+        _readable(spec, name, src)
+    sources = spec.local_sources
+    mods = spec.modalities
+    ref = spec.reference_modality
+    ref_shape, ref_transform = _probe(spec, ref, sources[mods[ref].file])
+    declared = spec.declared_shape
+    if declared is not None and declared != ref_shape:
+        raise LocalDataError(
+            f"{sources[mods[ref].file]}: the reference modality `{ref}` is {ref_shape[0]} x {ref_shape[1]} "
+            f"but {spec.path} declares grid {declared[0]} x {declared[1]}; fix or delete grid.height/width."
+        )
+    fix = (
+        f"Resample it onto the grid of `{ref}` ({ref_shape[0]} x {ref_shape[1]}) first, or give it as a "
+        "georeferenced GeoTIFF so the coregister stage can warp it."
+    )
+    for name, m in mods.items():
+        if name == ref:
+            continue
+        shape, transform = _probe(spec, name, sources[m.file])
+        if ref_transform is None and shape != ref_shape:
+            raise LocalDataError(
+                f"{sources[m.file]}: modality `{name}` is {shape[0]} x {shape[1]}, but the reference `{ref}` "
+                f"({sources[mods[ref].file]}) has no georeferencing, so nothing can be warped onto it: every "
+                f"modality must be {ref_shape[0]} x {ref_shape[1]}. Name a georeferenced modality in "
+                "grid.reference, or resample this one first."
+            )
+        if transform is None and shape != ref_shape:
+            raise LocalDataError(
+                f"{sources[m.file]}: modality `{name}` is {shape[0]} x {shape[1]} pixels without "
+                f"georeferencing, so it must already be on the reference grid, which is {ref_shape[0]} x "
+                f"{ref_shape[1]}. {fix}"
+            )
+    for split in ("train", "test"):
+        src = sources[spec.labels[split]]
+        shape, transform = _label_shape(spec, split, src)
+        off_grid = shape != ref_shape or (
+            transform is not None
+            and ref_transform is not None
+            and not all(
+                abs(a - b) <= 1e-6 * max(abs(ref_transform.a), 1e-9)
+                for a, b in zip(transform, ref_transform, strict=True)
+            )
+        )
+        if off_grid:
+            raise LocalDataError(
+                f"{src}: the {split} labels are {shape[0]} x {shape[1]} ({_where(transform)}), not on the "
+                f"reference grid of `{ref}` ({ref_shape[0]} x {ref_shape[1]}, {_where(ref_transform)}). "
+                "Label rasters must be on the reference grid: rasterise or resample them (nearest) onto it."
+            )
+    return ref_shape
+
+
+def build_local(spec: DatasetSpec, out: Path) -> dict[str, Any]:
+    """Check, copy and hash the local files into ``out`` atomically; return the receipt written there."""
+    check_local(spec)
+    inputs = []
+    with atomic_dir(out) as tmp:
+        for name, src in sorted(spec.local_sources.items()):
+            before = sha256_file(src)
+            shutil.copyfile(src, tmp / name)
+            digest = sha256_file(tmp / name)
+            if digest != before:
+                raise LocalDataError(
+                    f"{src}: changed while it was being copied; run the download stage again."
+                )
+            inputs.append({"file": name, "path": _display(src), "sha256": digest, "size": src.stat().st_size})
+        _, files = sha256_tree(tmp, exclude=RESERVED)
+        receipt = {"dataset": spec.name, "source": "local", "inputs": inputs, "files": files}
+        write_json(tmp / RECEIPT, receipt)
+    log.info("%s: %d local file(s) copied into %s", spec.name, len(inputs), out)
+    return receipt
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ rule download:
     input:
         params=dataset_params,
         twin=twin_source,
+        local=local_sources,
     output:
         directory("data/raw/{ds}"),
     params:
