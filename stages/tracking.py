@@ -111,7 +111,14 @@ def log_data_input(source: Path, name: str, digest: str, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         src = resolve_dataset_source(str(source.resolve()))
     dataset = MetaDataset(source=src, name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as err:
+        # Two training jobs starting together both find the dataset missing and both insert it; the
+        # loser hits the store's UNIQUE constraint. The row exists now: logging again links it.
+        if "UNIQUE constraint failed" not in str(err):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 # --- tracking server ------------------------------------------------------------------------------
