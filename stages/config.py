@@ -120,6 +120,10 @@ class Modality:
     resampling: str
     key: str | None
     layout: str | None = None  # .npy/.mat arrays: "chw" (bands first) or "hwc" (bands last)
+    # A declared no-data value: a pixel has no data where any band (``nodata_rule: any_band``) or every
+    # band (``all_bands``, e.g. a zero-filled border of a spectrum) equals it.
+    nodata: float | None = None
+    nodata_rule: str = "any_band"
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ class DatasetSpec:
                 resampling=m.get("resampling", "bilinear"),
                 key=m.get("key"),
                 layout=m.get("layout"),
+                nodata=m.get("nodata"),
+                nodata_rule=m.get("nodata_rule", "any_band"),
             )
         return out
 
@@ -248,6 +254,12 @@ class DatasetSpec:
     @property
     def labels(self) -> dict[str, Any]:
         return self.raw["labels"]
+
+    def label_key(self, split: str) -> str:
+        """The ``.mat`` variable of the ``split`` labels: ``labels.keys.<split>`` (train and test maps in
+        files of their own, e.g. ``TrainImage`` / ``TestImage``), else ``labels.key``, else the split."""
+        keys = self.labels.get("keys") or {}
+        return keys.get(split) or self.labels.get("key", split)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -401,6 +413,8 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
             raise ParamsError(f"{path}: modalities.{name} is a .mat file; name its variable with `key:`.")
         if "file" not in m and not local:
             raise ParamsError(f"{path}: modalities.{name} needs `file:` (its path inside data/raw/<name>).")
+        if "nodata_rule" in m and "nodata" not in m:
+            raise ParamsError(f"{path}: modalities.{name}.nodata_rule needs `nodata:` (the no-data value).")
         for key in ("band_names", "wavelengths_nm"):
             if key in m and len(m[key]) != m["bands"]:
                 raise ParamsError(
@@ -419,6 +433,10 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
             missing = [s for s in sets if s not in tiles["sets"]]
             if missing:
                 raise ParamsError(f"{path}: tiles.splits.{split} names unknown sets {missing}.")
+    border = (data.get("twin") or {}).get("nodata_border")
+    for name in (border or {}).get("modalities", []):
+        if "nodata" not in mods.get(name, {}):
+            raise ParamsError(f"{path}: twin.nodata_border names `{name}`, which declares no `nodata:`.")
     if data["source"]["kind"] == "twin" and "twin" not in data:
         raise ParamsError(f"{path}: `source.kind: twin` needs a `twin:` section.")
 

@@ -164,10 +164,26 @@ def _valid(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return ok
 
 
+def declared_nodata(block: np.ndarray, modality: Modality) -> np.ndarray:
+    """``(h, w)`` bool: where the ``(bands, h, w)`` block holds the params' ``nodata`` value.
+
+    ``nodata_rule: all_bands`` flags a pixel only when every band equals it (a zero-filled border of a
+    spectrum; a single zero band is a legitimate value), ``any_band`` when any band does.
+    """
+    if modality.nodata is None:
+        return np.zeros(block.shape[1:], bool)
+    hit = block == modality.nodata
+    return hit.all(axis=0) if modality.nodata_rule == "all_bands" else hit.any(axis=0)
+
+
 def write_modality(
     ds: DatasetReader, modality: Modality, grid: Grid, path: Path, valid: np.ndarray
 ) -> dict[str, Any]:
-    """Stream ``ds`` onto ``grid`` into ``path`` block by block; AND its coverage into ``valid``."""
+    """Stream ``ds`` onto ``grid`` into ``path`` block by block; AND its coverage into ``valid``.
+
+    Coverage is the source's own nodata / NaN, and the params' declared ``nodata`` (checked on the
+    aligned block: for a resampled modality, pixels that blend no-data with data count as data).
+    """
     with aligned(ds, grid, modality.resampling) as (src, method):
         dtype = ds.dtypes[0] if method == "none" else "float32"
         nodata = ds.nodata if method == "none" else np.nan
@@ -180,8 +196,11 @@ def write_modality(
                 block = src.read(window=win)
                 dst.write(block.astype(dtype, copy=False), window=win)
                 rows, cols = win.toslices()
-                valid[rows, cols] &= _valid(block, nodata)
-    return {"resampling": method, "dtype": dtype, "nodata": None if nodata is None else float(nodata)}
+                valid[rows, cols] &= _valid(block, nodata) & ~declared_nodata(block, modality)
+    out = {"resampling": method, "dtype": dtype, "nodata": None if nodata is None else float(nodata)}
+    if modality.nodata is not None:  # only then: sidecars of datasets without it stay as they were
+        out["declared_nodata"] = {"value": modality.nodata, "rule": modality.nodata_rule}
+    return out
 
 
 def _structure_image(path: Path, window: Window) -> np.ndarray:

@@ -189,7 +189,7 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
         with rasterio.open(path) as ds:
             labels = ds.read(1)
     elif fmt == "mat":
-        labels = read_mat(path, spec.labels.get("key", split))
+        labels = read_mat(path, spec.label_key(split))
     else:
         raise SourceError(f"{path}: unsupported label format {fmt!r}.")
     if labels.shape != shape:

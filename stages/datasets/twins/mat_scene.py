@@ -1,4 +1,5 @@
-"""A generic twin for scene datasets distributed as MATLAB files (Trento, MUUFL Gulfport).
+"""A generic twin for scene datasets distributed as MATLAB files (Trento, MUUFL Gulfport, the S2FL
+sets HS-SAR Berlin and HS-SAR-DSM Augsburg).
 
 Everything dataset-specific comes from the params file: the grid, the classes and their per-class
 counts, each modality's file, variable (or struct path, e.g. ``hsi.Lidar[0].z``), band count and
@@ -12,7 +13,10 @@ allotted in proportion to each class's labelled count. Exactly ``train + test`` 
 class (the params counts, scaled for a small twin) are labelled, chosen deepest inside their
 parcels first, as ground-truth polygons are drawn; everything else is unlabelled. The HSI is a
 reflectance cube (smooth class spectra, per-parcel brightness, texture, noise, a slight PSF); the
-LiDAR has per-band returns: band 1 the surface, later bands lower through vegetation.
+LiDAR has per-band returns: band 1 the surface, later bands lower through vegetation; a SAR
+modality (``twin.renderers``) is speckled backscatter in dB. A product delivered pre-upsampled
+(Berlin's 30 m HSI on the SAR grid) is rendered coarse and nearest-upsampled
+(``twin.low_resolution``), and a zero-filled no-data strip can be cut into it (``twin.nodata_border``).
 
 Fusion matters by construction: vegetation classes share near-identical spectra and differ in height
 and LiDAR penetration; half of each roof is road-like asphalt. A random forest on single pixels of
@@ -36,6 +40,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from stages.config import DatasetSpec, Modality
+from stages.datasets.splits import per_class_counts_mask
 from stages.datasets.twins import spectra
 from stages.datasets.twins.scene import smooth_field
 
@@ -46,13 +51,15 @@ Spectrum = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Look:
-    """How one class appears: reflectance, height above terrain (m) and its spread, and the fraction
-    of the height a later LiDAR return loses (vegetation lets pulses through; roofs do not)."""
+    """How one class appears: reflectance, height above terrain (m) and its spread, the fraction of
+    the height a later LiDAR return loses (vegetation lets pulses through; roofs do not) and the SAR
+    co-polarised backscatter (dB; buildings bright by double bounce, water dark by specular loss)."""
 
     reflectance: Spectrum
     height_m: float = 0.0
     height_sd: float = 0.1
     penetration: float = 0.0
+    backscatter_db: float = -12.0
 
 
 def _mix(a: Spectrum, b: Spectrum, w: float) -> Spectrum:
@@ -62,6 +69,7 @@ def _mix(a: Spectrum, b: Spectrum, w: float) -> Spectrum:
 _ASPHALT: Spectrum = lambda wl: spectra.flat(wl, level=0.10, tilt=0.25)  # noqa: E731
 _SOIL: Spectrum = lambda wl: spectra.soil(wl, low=0.08, high=0.30)  # noqa: E731
 _GRASS: Spectrum = lambda wl: spectra.vegetation(wl, green=0.10, red=0.045, nir=0.42)  # noqa: E731
+_ROOF: Spectrum = lambda wl: spectra.step(wl, low=0.08, high=0.30, at=590)  # noqa: E731 (clay tiles)
 
 LOOKS: dict[str, Look] = {
     # Trento: orchards, vineyards and woods share vegetation spectra; height and LiDAR penetration
@@ -79,11 +87,27 @@ LOOKS: dict[str, Look] = {
     "mixed_ground_surface": Look(_mix(_SOIL, _GRASS, 0.5), 0.05, 0.05, 0.0),
     "dirt_and_sand": Look(lambda wl: spectra.soil(wl, low=0.11, high=0.36)),
     "road": Look(_ASPHALT),
-    "water": Look(lambda wl: spectra.water(wl), -0.3, 0.05, 0.0),
+    "water": Look(lambda wl: spectra.water(wl), -0.3, 0.05, 0.0, -22.0),
     "building_shadow": Look(lambda wl: spectra.diffuse_sky(wl) * spectra.flat(wl, level=0.12), 0.0, 0.1, 0.0),
     "sidewalk": Look(lambda wl: spectra.flat(wl, level=0.24, tilt=0.06), 0.05, 0.03, 0.0),
     "yellow_curb": Look(lambda wl: spectra.step(wl, low=0.07, high=0.48, at=515), 0.15, 0.03, 0.0),
     "cloth_panels": Look(lambda wl: spectra.paint(wl, base=0.08, peaks=[(630, 50, 0.35)]), 0.05, 0.02, 0.0),
+    # S2FL Berlin / Augsburg (30 m HSI, Sentinel-1, DSM): urban blocks mix roofs, streets and trees, so
+    # their spectra overlap; SAR double bounce and height separate them. soil / low plants / allotments
+    # share spectra and differ in SAR roughness and height.
+    "forest": Look(
+        lambda wl: spectra.vegetation(wl, green=0.085, red=0.037, nir=0.38, edge=718), 18, 4, 0.6, -8
+    ),
+    "residential_area": Look(_mix(_mix(_ROOF, _GRASS, 0.35), _ASPHALT, 0.3), 8, 3, 0.1, -5),
+    "industrial_area": Look(
+        _mix(lambda wl: spectra.flat(wl, level=0.26, tilt=0.02), _ASPHALT, 0.3), 10, 3, 0, -2
+    ),
+    "low_plants": Look(_mix(_GRASS, _SOIL, 0.2), 0.4, 0.2, 0.3, -13),
+    "soil": Look(_SOIL, 0.0, 0.1, 0.0, -16),
+    "allotment": Look(_mix(_GRASS, _SOIL, 0.3), 2.5, 1.0, 0.5, -10),
+    "commercial_area": Look(
+        _mix(lambda wl: spectra.flat(wl, level=0.20, tilt=0.08), _ASPHALT, 0.4), 16, 5, 0, -1
+    ),
 }
 
 
@@ -112,16 +136,21 @@ def parcels(height: int, width: int, n: int, rng: np.random.Generator) -> np.nda
     return idx.reshape(height, width).astype(np.int32)
 
 
-def assign_classes(parcel: np.ndarray, need: dict[int, int], rng: np.random.Generator) -> np.ndarray:
+def assign_classes(
+    parcel: np.ndarray, need: dict[int, int], rng: np.random.Generator, blocked: np.ndarray | None = None
+) -> np.ndarray:
     """``(H, W)`` uint8 class map with every class covering at least its ``need`` pixels.
 
     Parcels go, largest first, to the class furthest below its share of the scene (shares in
     proportion to ``need``); classes still short are then grown into neighbours with area to spare.
+    ``blocked`` (``(H, W)`` bool, e.g. a no-data border) pixels keep their parcel's class but count
+    for nothing: the ``need`` pixels of every class lie outside them.
     """
     ids = sorted(need)
     total = sum(need.values())
-    target = {c: need[c] / total * parcel.size for c in ids}
-    areas = np.bincount(parcel.ravel())
+    free = parcel if blocked is None else parcel[~blocked]
+    target = {c: need[c] / total * free.size for c in ids}
+    areas = np.bincount(free.ravel(), minlength=int(parcel.max()) + 1)
     got = dict.fromkeys(ids, 0.0)
     lut = np.zeros(len(areas), np.uint8)
     for p in np.argsort(-areas, kind="stable"):
@@ -129,9 +158,10 @@ def assign_classes(parcel: np.ndarray, need: dict[int, int], rng: np.random.Gene
         lut[p] = c
         got[c] += areas[p]
     cls = lut[parcel]
+    work = cls if blocked is None else np.where(blocked, 0, cls).astype(np.uint8)  # 0: never spare
     for c in sorted(ids, key=lambda k: need[k]):
-        _grow(cls, c, need, rng)
-    return cls
+        _grow(work, c, need, rng)
+    return work if blocked is None else np.where(blocked, cls, work).astype(np.uint8)
 
 
 def _grow(cls: np.ndarray, c: int, need: dict[int, int], rng: np.random.Generator) -> None:
@@ -154,12 +184,17 @@ def _grow(cls: np.ndarray, c: int, need: dict[int, int], rng: np.random.Generato
                 counts[c] += 1
 
 
-def choose_labelled(cls: np.ndarray, need: dict[int, int], rng: np.random.Generator) -> np.ndarray:
-    """``(H, W)`` bool: exactly ``need[c]`` pixels of each class, deepest inside their regions first."""
+def choose_labelled(
+    cls: np.ndarray, need: dict[int, int], rng: np.random.Generator, blocked: np.ndarray | None = None
+) -> np.ndarray:
+    """``(H, W)`` bool: exactly ``need[c]`` pixels of each class, deepest inside their regions first,
+    none on ``blocked`` pixels (a no-data border carries no ground truth)."""
     labelled = np.zeros(cls.shape, bool)
     jitter = smooth_field(cls.shape, 3.0, rng)  # breaks ties into blob-shaped, not ring-shaped, sets
     for c in sorted(need):
         mask = cls == c
+        if blocked is not None:
+            mask &= ~blocked
         depth = ndimage.distance_transform_edt(mask) + 1.5 * jitter
         idx = np.flatnonzero(mask)
         order = np.argsort(-depth.ravel()[idx], kind="stable")
@@ -224,6 +259,48 @@ def render_lidar(
     return out
 
 
+def render_backscatter(
+    cls: np.ndarray, parcel: np.ndarray, looks: dict[int, Look], bands: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(H, W, bands)`` float64 SAR backscatter (dB): band 1 the class's co-polarised level, each later
+    band a few dB lower, cross-polarised bands less so over vegetation (volume scattering); a
+    per-parcel offset and multiplicative speckle (4 looks). [U] the real channels' meaning."""
+    level = np.full(int(cls.max()) + 1, -12.0)
+    pen = np.zeros_like(level)
+    for c, look in looks.items():
+        level[c], pen[c] = look.backscatter_db, look.penetration
+    offset = rng.normal(0.0, 1.0, parcel.max() + 1)[parcel]
+    out = np.empty((*cls.shape, bands))
+    for b in range(bands):
+        db = level[cls] + offset - 6.0 * b + 4.0 * pen[cls] * (b % 2)
+        speckle = rng.gamma(4.0, 1.0 / 4.0, cls.shape)
+        out[..., b] = db + 10.0 * np.log10(speckle)
+    return out
+
+
+def box(h: int, w: int, fractions: dict[str, float]) -> np.ndarray:
+    """``(H, W)`` bool strip of the given ``left/right/top/bottom`` fractions of the width / height."""
+    mask = np.zeros((h, w), bool)
+    left, right = round(fractions.get("left", 0) * w), round(fractions.get("right", 0) * w)
+    top, bottom = round(fractions.get("top", 0) * h), round(fractions.get("bottom", 0) * h)
+    mask[:, :left] = True
+    mask[:, w - right :] = True  # right = 0: the empty slice w:
+    mask[:top] = True
+    mask[h - bottom :] = True
+    return mask
+
+
+def coarse_grid(h: int, w: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays between the ``(H, W)`` grid and a coarser one of ``scale``: ``(rows_lr, cols_lr)``
+    sample the fine grid at the coarse pixels' centres, ``(rows_up, cols_up)`` nearest-upsample back."""
+    lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows_lr = np.minimum(((np.arange(lh) + 0.5) * h / lh).astype(np.int64), h - 1)
+    cols_lr = np.minimum(((np.arange(lw) + 0.5) * w / lw).astype(np.int64), w - 1)
+    rows_up = np.minimum((np.arange(h) * lh / h).astype(np.int64), lh - 1)
+    cols_up = np.minimum((np.arange(w) * lw / w).astype(np.int64), lw - 1)
+    return rows_lr, cols_lr, rows_up, cols_up
+
+
 # --------------------------------------------------------------------------------------------------
 # MATLAB files
 # --------------------------------------------------------------------------------------------------
@@ -285,48 +362,105 @@ def labelled_counts(spec: DatasetSpec) -> dict[int, int]:
     return {c: train[c] + test[c] for c in train}
 
 
+def _render(
+    spec: DatasetSpec,
+    name: str,
+    modality: Modality,
+    cls: np.ndarray,
+    parcel: np.ndarray,
+    looks: dict[int, Look],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``(H, W, bands)`` array of one modality, as ``twin.renderers`` says (default: the primary
+    modality reflectance, the others elevation)."""
+    default = "reflectance" if modality.role == "primary" else "elevation"
+    kind = (spec.twin.get("renderers") or {}).get(name, default)
+    if kind == "reflectance":
+        return render_hsi(cls, parcel, looks, wavelengths(spec, modality), rng)
+    if kind == "backscatter":
+        return render_backscatter(cls, parcel, looks, modality.bands, rng)
+    return render_lidar(cls, parcel, looks, modality.bands, float(spec.grid.get("gsd_m", 1.0)), rng)
+
+
 def generate(spec: DatasetSpec, out_dir: Path) -> dict[str, Any]:
-    """Write the twin's ``.mat`` files under ``out_dir`` at their member paths, plus ``_truth.npz``."""
+    """Write the twin's ``.mat`` files under ``out_dir`` at their member paths, plus ``_truth.npz``.
+
+    Optional ``twin`` switches: ``low_resolution`` renders a modality on a coarser grid and
+    nearest-upsamples it (a product pre-upsampled onto the reference grid); ``nodata_border`` fills a
+    strip of the listed modalities with their ``nodata`` value in every band and keeps labels off it;
+    ``renderers`` picks each modality's renderer. Train and test label maps in files of their own
+    (``labels.train != labels.test`` and no ``labels.split``) split each class's labelled pixels
+    into its ``train`` count, drawn at random (the twin's seed), and the rest as test.
+    """
     seed = spec.twin["seed"]
     rng = np.random.default_rng([seed, 0])
     h, w = spec.height, spec.width
     need = labelled_counts(spec)
-    if sum(need.values()) > h * w:
+    border_spec = spec.twin.get("nodata_border")
+    border = box(h, w, border_spec) if border_spec else None
+    free = h * w - (0 if border is None else int(border.sum()))
+    if sum(need.values()) > free:
         raise ValueError(f"{spec.path}: {sum(need.values())} labelled pixels do not fit a {h} x {w} grid.")
     n_parcels = max(4 * len(need), h * w // 300)
     parcel = parcels(h, w, n_parcels, rng)
-    cls = assign_classes(parcel, need, rng)
-    labelled = choose_labelled(cls, need, rng)
+    cls = assign_classes(parcel, need, rng, border)
+    labelled = choose_labelled(cls, need, rng, border)
     looks = {c.id: LOOKS.get(c.key) or generic_look(c.id, seed) for c in spec.classes}
 
     files: dict[str, dict[str, Any]] = {}
-    gsd = float(spec.grid.get("gsd_m", 1.0))
+    low_res = spec.twin.get("low_resolution") or {}
     for name, modality in spec.modalities.items():
         if modality.format != "mat":
             raise ValueError(f"{spec.path}: mat_scene writes .mat modalities; {name} is {modality.format}.")
+        if name in low_res:
+            # the sensor sees the coarse grid; its pixels are repeated onto the fine one
+            rows_lr, cols_lr, rows_up, cols_up = coarse_grid(h, w, low_res[name])
+            coarse = _render(
+                spec,
+                name,
+                modality,
+                cls[np.ix_(rows_lr, cols_lr)],
+                parcel[np.ix_(rows_lr, cols_lr)],
+                looks,
+                rng,
+            )
+            array = _as_dtype(coarse, modality.dtype)
+            del coarse
+            array = array[rows_up][:, cols_up]
+        else:
+            array = _as_dtype(_render(spec, name, modality, cls, parcel, looks, rng), modality.dtype)
+        if border is not None and name in border_spec["modalities"]:
+            array[border] = modality.nodata
         if modality.role == "primary":
-            wl = wavelengths(spec, modality)
-            array = render_hsi(cls, parcel, looks, wl, rng)
             wl_key = spec.raw["modalities"][name].get("wavelengths_key")
             if wl_key:
-                _put(files.setdefault(modality.file, {}), wl_key, wl)
-        else:
-            array = render_lidar(cls, parcel, looks, modality.bands, gsd, rng)
+                _put(files.setdefault(modality.file, {}), wl_key, wavelengths(spec, modality))
         if modality.bands == 1:
             array = array[..., 0]
-        _put(files.setdefault(modality.file, {}), modality.key or name, _as_dtype(array, modality.dtype))
+        _put(files.setdefault(modality.file, {}), modality.key or name, array)
+        del array
 
     labels_spec = spec.labels
-    label_map = np.where(labelled, cls, 0).astype(np.int64)
-    label_map[~labelled] = labels_spec.get("unlabelled", 0)
-    files_entry = files.setdefault(labels_spec["train"], {})
-    _put(files_entry, labels_spec.get("key", "labels"), label_map.astype(labels_spec.get("dtype", "uint8")))
-    if labels_spec.get("class_names_key"):
-        _put(files_entry, labels_spec["class_names_key"], np.array(spec.class_names, dtype=object))
+    unlabelled = labels_spec.get("unlabelled", 0)
+    label_map = np.where(labelled, cls.astype(np.int64), unlabelled)  # int64: unlabelled may be -1
+    dtype = labels_spec.get("dtype", "uint8")
+    if labels_spec["train"] != labels_spec["test"] and "split" not in labels_spec:
+        train_counts = spec.expected_counts("train")
+        train = per_class_counts_mask(np.where(labelled, cls, 0), train_counts, seed)
+        for split, mask in (("train", train), ("test", labelled & ~train)):
+            split_map = np.where(mask, label_map, unlabelled).astype(dtype)
+            _put(files.setdefault(labels_spec[split], {}), spec.label_key(split), split_map)
+    else:
+        files_entry = files.setdefault(labels_spec["train"], {})
+        _put(files_entry, labels_spec.get("key", "labels"), label_map.astype(dtype))
+        if labels_spec.get("class_names_key"):
+            _put(files_entry, labels_spec["class_names_key"], np.array(spec.class_names, dtype=object))
 
-    for rel, variables in files.items():
-        write_mat(out_dir / rel, variables)
-    np.savez_compressed(out_dir / "_truth.npz", cls=cls, labelled=labelled, parcel=parcel)
+    written = sorted(files)
+    for rel in written:
+        write_mat(out_dir / rel, files.pop(rel))  # pop: each cube is freed once it is written
+    extra = {} if border is None else {"border": border}
+    np.savez_compressed(out_dir / "_truth.npz", cls=cls, labelled=labelled, parcel=parcel, **extra)
     counts = {int(c): int(((cls == c) & labelled).sum()) for c in need}
     log.info("mat_scene twin %s: %d parcels, labelled %s", spec.name, n_parcels, counts)
-    return {"parcels": n_parcels, "labelled": counts, "files": sorted(files)}
+    return {"parcels": n_parcels, "labelled": counts, "files": written}
