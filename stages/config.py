@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from stages.paths import params_dir, schema_path
@@ -261,6 +262,21 @@ class DatasetSpec:
         keys = self.labels.get("keys") or {}
         return keys.get(split) or self.labels.get("key", split)
 
+    def label_lut(self) -> np.ndarray | None:
+        """``labels.remap`` (raw file value -> class id, 0 = no label) as a 256-entry lookup table.
+
+        For label files whose codes are not the class ids (Hunan: raw land-cover codes 0..11 and 255
+        for no data). Values the remap does not list map to 255, which no class id may be, so a stray
+        code fails the label check instead of silently becoming a class. ``None`` without a remap.
+        """
+        remap = self.labels.get("remap")
+        if not remap:
+            return None
+        lut = np.full(256, 255, dtype=np.uint8)
+        for raw, cls in remap.items():
+            lut[int(raw)] = int(cls)
+        return lut
+
     @property
     def classes(self) -> list[ClassInfo]:
         return [
@@ -425,6 +441,17 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
         raise ParamsError(f"{path}: class ids must be unique, got {ids}.")
     if data["labels"].get("unlabelled", 0) in ids:
         raise ParamsError(f"{path}: the unlabelled value is also a class id.")
+    remap = data["labels"].get("remap")
+    if remap is not None:
+        bad = {k: v for k, v in remap.items() if not 0 <= int(k) <= 255 or (v != 0 and v not in ids)}
+        if bad:
+            raise ParamsError(
+                f"{path}: labels.remap maps raw values 0..255 to class ids or 0 (no label); bad: {bad}."
+            )
+        if 255 in ids:
+            raise ParamsError(
+                f"{path}: with labels.remap, 255 marks unmapped raw values; no class may use it."
+            )
     if "patch_size" in data and data["patch_size"] % 2 == 0:
         raise ParamsError(f"{path}: patch_size must be odd so a patch has a centre pixel.")
     if data["task"] == "tiles":

@@ -38,8 +38,20 @@ Tile = tuple[str, str]  # (set, id)
 
 
 def read_tile(raw: Path, spec: DatasetSpec, tile: Tile, kind: str) -> np.ndarray:
+    """One tile file: modalities as float32 ``(C, H, W)``; labels as class ids (``labels.remap`` applied)."""
     with rasterio.open(raw / spec.tile_path(tile[0], kind, tile[1])) as ds:
-        return ds.read(out_dtype=np.float32) if kind != spec.labels["train"] else ds.read(1)
+        if kind != spec.labels["train"]:
+            return ds.read(out_dtype=np.float32)
+        labels = ds.read(1)
+    lut = spec.label_lut()
+    if lut is None:
+        return labels
+    if labels.dtype != np.uint8:
+        raise ValueError(
+            f"{raw / spec.tile_path(tile[0], kind, tile[1])}: labels are {labels.dtype}; labels.remap maps "
+            "uint8 codes. Check the file (is it the label tile?) or drop labels.remap from the params."
+        )
+    return lut[labels]  # raw codes -> class ids; 0 = no label, 255 = an unlisted code (rejected later)
 
 
 def split_tiles(
