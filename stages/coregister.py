@@ -42,7 +42,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from stages.config import DatasetSpec, Modality, load_dataset
-from stages.datasets.readers import SourceError, open_modality, read_scene_labels
+from stages.datasets.readers import SourceError, open_modality, read_labels
 from stages.datasets.tiles import index_tiles
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
@@ -296,7 +296,7 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
             sidecar["modalities"][name]["shift_px"] = shift
 
         shape = (grid.height, grid.width)
-        labels = {split: read_scene_labels(raw_dir, spec, split, shape) for split in ("train", "test")}
+        labels = {split: read_labels(raw_dir, spec, split, shape) for split in ("train", "test")}
         overlap = int(((labels["train"] > 0) & (labels["test"] > 0)).sum())
         if overlap:
             raise SourceError(f"{spec.name}: {overlap} pixels are labelled in both the train and test split.")

@@ -158,24 +158,6 @@ def as_dataset(array: np.ndarray) -> Iterator[DatasetReader]:
                 yield ds
 
 
-def read_scene_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, int]) -> np.ndarray:
-    """Like :func:`read_labels`, and also reads ``labels.format: npy`` (an H x W array on the grid)."""
-    if spec.labels["format"] != "npy":
-        return read_labels(raw_dir, spec, split, shape)
-    path = raw_dir / spec.labels[split]
-    if not path.is_file():
-        raise SourceError(f"{path}: the {split} labels are missing. Run the download stage first.")
-    labels = read_npy(path)
-    if labels.shape != tuple(shape):
-        raise SourceError(
-            f"{path}: the {split} labels are {labels.shape}, but the reference grid is {tuple(shape)}. "
-            "A .npy label array must be H x W on the reference modality's grid."
-        )
-    if labels.dtype.kind not in "biu":
-        raise SourceError(f"{path}: {split} labels have dtype {labels.dtype}; expected integer class ids.")
-    return _check_label_values(np.asarray(labels), spec, path)
-
-
 def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, int]) -> np.ndarray:
     """The ``split`` (``train``/``test``) label image on the reference grid: uint8, 0 = unlabelled."""
     fmt = spec.labels["format"]
@@ -190,10 +172,18 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
             labels = ds.read(1)
     elif fmt == "mat":
         labels = read_mat(path, spec.label_key(split))
+    elif fmt == "npy":
+        labels = read_npy(path)
+        if labels.dtype.kind not in "biu":
+            raise SourceError(f"{path}: {split} labels are {labels.dtype}; expected integer class ids.")
+        labels = np.asarray(labels)
     else:
         raise SourceError(f"{path}: unsupported label format {fmt!r}.")
-    if labels.shape != shape:
-        raise SourceError(f"{path}: labels are {labels.shape}, the scene is {shape}.")
+    if labels.shape != tuple(shape):
+        raise SourceError(
+            f"{path}: the {split} labels are {labels.shape}, the reference grid is {tuple(shape)}. Label "
+            "arrays without georeferencing (.npy, .mat) must be H x W on the reference modality's grid."
+        )
     labels = _check_label_values(labels, spec, path)
     if "split" in spec.labels:  # one labelled map: the split is drawn from it (stages/datasets/splits.py)
         try:

@@ -32,15 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from stages.models.base import PatchClassifier
+from stages.models.layers import conv_bn_relu, mean_and_centre
 from stages.models.registry import register
-
-
-def _conv_bn_relu(in_ch: int, out_ch: int, k: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=False),  # BN follows: a bias would be redundant
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
 
 
 @register("cnn")
@@ -79,10 +72,10 @@ class SingleStreamCNN(PatchClassifier):
             raise ValueError("cnn widths, depth and hidden must be positive")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        layers = [_conv_bn_relu(sum(self.in_channels), spectral_width, 1)]
+        layers = [conv_bn_relu(sum(self.in_channels), spectral_width, 1)]
         ch = spectral_width
         for _ in range(depth):
-            layers.append(_conv_bn_relu(ch, width, 3))
+            layers.append(conv_bn_relu(ch, width, 3))
             ch = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
@@ -97,5 +90,4 @@ class SingleStreamCNN(PatchClassifier):
         """``(B, C1, P, P)``, ``(B, C2, P, P)`` -> logits ``(B, K)``."""
         x = primary if auxiliary.shape[1] == 0 else torch.cat([primary, auxiliary], 1)
         f = self.features(x)  # (B, width, P, P); NCHW on purpose, see the module docstring
-        c = f.shape[-1] // 2
-        return self.classifier(torch.cat([f.mean(dim=(2, 3)), f[:, :, c, c]], 1))
+        return self.classifier(mean_and_centre(f))

@@ -13,6 +13,21 @@ KERAS_BN_MOMENTUM = 0.01
 KERAS_BN_EPS = 1e-3
 
 
+def conv_bn_relu(in_ch: int, out_ch: int, k: int, bn_momentum: float = 0.1) -> nn.Sequential:
+    """``Conv2d(k, 'same', no bias) -> BN -> ReLU``: ``(B, in_ch, P, P) -> (B, out_ch, P, P)``."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=False),  # BN follows: a bias would be redundant
+        nn.BatchNorm2d(out_ch, momentum=bn_momentum),
+        nn.ReLU(inplace=True),
+    )
+
+
+def mean_and_centre(x: Tensor) -> Tensor:
+    """``(B, C, P, P) -> (B, 2C)``: global average, then the centre pixel's features."""
+    c = x.shape[-1] // 2
+    return torch.cat([x.mean(dim=(2, 3)), x[:, :, c, c]], 1)
+
+
 class KerasConvUnit(nn.Module):
     """``Conv2D(out, k, activation='relu', use_bias=True)`` followed by ``BatchNormalization()``.
 

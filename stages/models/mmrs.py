@@ -99,28 +99,15 @@ from torch import Tensor, nn
 
 from stages.models.base import PatchClassifier
 from stages.models.graph import METRICS, gcn_conv, knn_edge_index
+from stages.models.layers import conv_bn_relu, mean_and_centre
 from stages.models.registry import register
-
-
-def _conv_bn_relu(in_ch: int, out_ch: int, k: int, bn_momentum: float) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=False),  # BN follows: a bias would be redundant
-        nn.BatchNorm2d(out_ch, momentum=bn_momentum),
-        nn.ReLU(inplace=True),
-    )
 
 
 def _encoder(in_ch: int, width: int, depth: int, bn_momentum: float) -> nn.Sequential:
     """``(B, in_ch, P, P) -> (B, width, P, P)``: a 1x1 conv, then ``depth - 1`` 3x3 'same' convs."""
-    layers = [_conv_bn_relu(in_ch, width, 1, bn_momentum)]
-    layers += [_conv_bn_relu(width, width, 3, bn_momentum) for _ in range(depth - 1)]
+    layers = [conv_bn_relu(in_ch, width, 1, bn_momentum)]
+    layers += [conv_bn_relu(width, width, 3, bn_momentum) for _ in range(depth - 1)]
     return nn.Sequential(*layers)
-
-
-def _mean_and_centre(x: Tensor) -> Tensor:
-    """``(B, C, P, P) -> (B, 2C)``: global average, then the centre pixel's features."""
-    c = x.shape[-1] // 2
-    return torch.cat([x.mean(dim=(2, 3)), x[:, :, c, c]], 1)
 
 
 class Tokenizer(nn.Module):
@@ -135,7 +122,7 @@ class Tokenizer(nn.Module):
         nn.init.trunc_normal_(self.position, std=0.02)
 
     def forward(self, fmap: Tensor) -> Tensor:
-        mod = self.modality(_mean_and_centre(fmap))[:, None]  # (B, 1, d)
+        mod = self.modality(mean_and_centre(fmap))[:, None]  # (B, 1, d)
         cells = F.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)  # (B, g*g, c)
         return torch.cat([mod, self.spatial(cells)], 1) + self.position
 
@@ -323,9 +310,7 @@ class MMRS(PatchClassifier):
         primary, auxiliary = self.cpu_channels_last(primary), self.cpu_channels_last(auxiliary)
         fp, fa = self.enc_primary(primary), self.enc_auxiliary(auxiliary)  # (B, c1|c2, P, P)
         if not self.mff:
-            return self.fused_norm(
-                self.concat_mlp(torch.cat([_mean_and_centre(fp), _mean_and_centre(fa)], 1))
-            )
+            return self.fused_norm(self.concat_mlp(torch.cat([mean_and_centre(fp), mean_and_centre(fa)], 1)))
         tp, ta = self.tok_primary(fp), self.tok_auxiliary(fa)  # (B, 1 + g*g, d) each
         tokens = self.attn_norm(self.attention(torch.cat([tp, ta], 1)))  # (B, 2 (1 + g*g), d)
         h0 = self.to_fused(torch.cat([tokens[:, 0], tokens[:, tp.shape[1]]], 1))  # the two modality tokens

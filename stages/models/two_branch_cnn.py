@@ -25,21 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from stages.models.base import PatchClassifier
+from stages.models.layers import conv_bn_relu, mean_and_centre
 from stages.models.registry import register
-
-
-def _conv_bn_relu(in_ch: int, out_ch: int, k: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=False),  # BN follows: a bias would be redundant
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _avg_and_centre(x: Tensor) -> Tensor:
-    """``(B, C, P, P) -> (B, 2C)``: global average, then the centre pixel's features."""
-    c = x.shape[-1] // 2
-    return torch.cat([x.mean(dim=(2, 3)), x[:, :, c, c]], 1)
 
 
 @register("two_branch_cnn")
@@ -80,17 +67,17 @@ class TwoBranchCNN(PatchClassifier):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         c1, c2 = self.in_channels
 
-        primary = [_conv_bn_relu(c1, spectral_width, 1)]
+        primary = [conv_bn_relu(c1, spectral_width, 1)]
         ch = spectral_width
         for _ in range(depth):
-            primary.append(_conv_bn_relu(ch, width, 3))
+            primary.append(conv_bn_relu(ch, width, 3))
             ch = width
         self.primary = nn.Sequential(*primary)
 
         auxiliary = []
         ch = c2
         for _ in range(depth):
-            auxiliary.append(_conv_bn_relu(ch, aux_width, 3))
+            auxiliary.append(conv_bn_relu(ch, aux_width, 3))
             ch = aux_width
         self.auxiliary = nn.Sequential(*auxiliary)
 
@@ -105,6 +92,6 @@ class TwoBranchCNN(PatchClassifier):
     def forward(self, primary: Tensor, auxiliary: Tensor) -> Tensor:
         """``(B, C1, P, P)``, ``(B, C2, P, P)`` -> logits ``(B, K)``."""
         primary, auxiliary = self.cpu_channels_last(primary), self.cpu_channels_last(auxiliary)
-        fp = _avg_and_centre(self.primary(primary))  # (B, 2 * width)
-        fa = _avg_and_centre(self.auxiliary(auxiliary))  # (B, 2 * aux_width)
+        fp = mean_and_centre(self.primary(primary))  # (B, 2 * width)
+        fa = mean_and_centre(self.auxiliary(auxiliary))  # (B, 2 * aux_width)
         return self.fusion(torch.cat([fp, fa], 1))
