@@ -158,18 +158,18 @@ class DatasetSpec:
 
     # -- geometry and modalities ------------------------------------------------------------------
     @property
-    def is_local(self) -> bool:
-        """Your own data (``source.kind: local``), copied in from the ``path:`` entries."""
-        return self.raw["source"]["kind"] == "local"
+    def is_custom(self) -> bool:
+        """Your own data (``source.kind: custom``), copied in from the ``path:`` entries."""
+        return self.raw["source"]["kind"] == "custom"
 
     @property
-    def local_sources(self) -> dict[str, Path]:
+    def custom_sources(self) -> dict[str, Path]:
         """Local data: each file's name in ``data/raw/<name>`` -> its source path (absolute)."""
-        return {k: Path(v) for k, v in self.raw.get("local_sources", {}).items()}
+        return {k: Path(v) for k, v in self.raw.get("custom_sources", {}).items()}
 
     @property
     def declared_shape(self) -> tuple[int, int] | None:
-        """``(grid.height, grid.width)``, or None where local data leaves them to the reference file."""
+        """``(grid.height, grid.width)``, or None where custom data leaves them to the reference file."""
         grid = self.raw["grid"]
         return (grid["height"], grid["width"]) if "height" in grid and "width" in grid else None
 
@@ -184,7 +184,7 @@ class DatasetSpec:
     def _grid_size(self, key: str) -> int:
         if key not in self.raw["grid"]:
             raise ParamsError(
-                f"{self.path}: grid.{key} is not set; for local data it is taken from the reference "
+                f"{self.path}: grid.{key} is not set; for custom data it is taken from the reference "
                 "modality by the coregister stage (read results/<name>/coreg/grid.json)."
             )
         return self.raw["grid"][key]
@@ -328,12 +328,12 @@ def load_dataset(name: str, root: Path | None = None) -> DatasetSpec:
         base = load_yaml(_dataset_file(base_name, root))
         base.pop("twin_of", None)
         data = deep_merge(base, data)
-    if data.get("source", {}).get("kind") == "local":
-        _fill_local_classes(data)
+    if data.get("source", {}).get("kind") == "custom":
+        _fill_custom_classes(data)
     validate(data, "dataset", path)
     _check_dataset(data, path)
-    if data["source"]["kind"] == "local":
-        _resolve_local_files(data, path)
+    if data["source"]["kind"] == "custom":
+        _resolve_custom_files(data, path)
     return DatasetSpec(name=name, raw=data, path=path)
 
 
@@ -353,7 +353,7 @@ def _slug(text: str) -> str:
     return "_".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split()) or "class"
 
 
-def _fill_local_classes(data: dict[str, Any]) -> None:
+def _fill_custom_classes(data: dict[str, Any]) -> None:
     """Local data may list classes by name only: ids 1..K in order, keys from names, default colours."""
     classes = data.get("classes")
     if not isinstance(classes, list):
@@ -374,19 +374,21 @@ def _fill_local_classes(data: dict[str, Any]) -> None:
 LOCAL_LABEL_NAMES = {"train": "labels_train", "test": "labels_test"}
 
 
-def _local_path(value: str, path: Path) -> Path:
-    """A ``path:`` of local data: absolute, or relative to the project root that holds ``params/``."""
+def _custom_path(value: str, path: Path) -> Path:
+    """A ``path:`` of custom data: absolute, or relative to the project root that holds ``params/``."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else (path.resolve().parent.parent.parent / p)
 
 
-def _resolve_local_files(data: dict[str, Any], path: Path) -> None:
-    """Give every local file a stable name in ``data/raw/<name>`` and remember where it comes from."""
+def _resolve_custom_files(data: dict[str, Any], path: Path) -> None:
+    """Give every custom file a stable name in ``data/raw/<name>`` and remember where it comes from."""
     sources: dict[str, str] = {}
     for name, m in data["modalities"].items():
         if "path" not in m:
-            raise ParamsError(f"{path}: modalities.{name} needs `path:` (the file) for `source.kind: local`.")
-        src = _local_path(m["path"], path)
+            raise ParamsError(
+                f"{path}: modalities.{name} needs `path:` (the file) for `source.kind: custom`."
+            )
+        src = _custom_path(m["path"], path)
         m["file"] = name + "".join(src.suffixes[-1:])
         sources[m["file"]] = str(src)
         if m["format"] == "envi":  # the header travels with the data, named as GDAL looks for it
@@ -395,26 +397,28 @@ def _resolve_local_files(data: dict[str, Any], path: Path) -> None:
     labels = data["labels"]
     if labels["format"] not in ("geotiff", "npy", "mat"):
         raise ParamsError(
-            f"{path}: labels.format {labels['format']!r} is not supported for local data; use geotiff, "
+            f"{path}: labels.format {labels['format']!r} is not supported for custom data; use geotiff, "
             "npy or mat (a label raster on the reference grid)."
         )
     for split, stable in LOCAL_LABEL_NAMES.items():
-        src = _local_path(labels[split], path)
+        src = _custom_path(labels[split], path)
         labels[split] = stable + "".join(src.suffixes[-1:])
         if labels[split] in sources:
             raise ParamsError(f"{path}: a modality named `{stable}` clashes with the label files; rename it.")
         sources[labels[split]] = str(src)
-    data["local_sources"] = sources
+    data["custom_sources"] = sources
 
 
 def _check_dataset(data: dict[str, Any], path: Path) -> None:
     """Cross-field rules a JSON schema cannot express."""
     mods = data["modalities"]
-    local = data["source"]["kind"] == "local"
-    if not local and not {"height", "width"} <= set(data["grid"]):
-        raise ParamsError(f"{path}: grid.height and grid.width are required (only local data may omit them).")
-    if local and data["task"] != "scene":
-        raise ParamsError(f"{path}: local data (`source.kind: local`) is one scene; set `task: scene`.")
+    custom = data["source"]["kind"] == "custom"
+    if not custom and not {"height", "width"} <= set(data["grid"]):
+        raise ParamsError(
+            f"{path}: grid.height and grid.width are required (only custom data may omit them)."
+        )
+    if custom and data["task"] != "scene":
+        raise ParamsError(f"{path}: custom data (`source.kind: custom`) is one scene; set `task: scene`.")
     if data["grid"]["reference"] not in mods:
         raise ParamsError(f"{path}: grid.reference `{data['grid']['reference']}` is not a modality.")
     if not any(m["role"] == "primary" for m in mods.values()):
@@ -425,9 +429,9 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
                 f"{path}: modalities.{name} is a {m['bands']}-band .npy; say its axis order with "
                 "`layout: chw` (bands first) or `layout: hwc` (bands last)."
             )
-        if m["format"] == "mat" and local and "key" not in m:
+        if m["format"] == "mat" and custom and "key" not in m:
             raise ParamsError(f"{path}: modalities.{name} is a .mat file; name its variable with `key:`.")
-        if "file" not in m and not local:
+        if "file" not in m and not custom:
             raise ParamsError(f"{path}: modalities.{name} needs `file:` (its path inside data/raw/<name>).")
         if "nodata_rule" in m and "nodata" not in m:
             raise ParamsError(f"{path}: modalities.{name}.nodata_rule needs `nodata:` (the no-data value).")

@@ -253,10 +253,10 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
         valid = np.ones((grid.height, grid.width), bool)
         for name, modality in modalities.items():
             with open_modality(raw_dir, modality) as ds:
-                if spec.is_local and not _has_geotransform(ds) and ds.shape != (grid.height, grid.width):
+                if spec.is_custom and not _has_geotransform(ds) and ds.shape != (grid.height, grid.width):
                     raise SourceError(
                         f"{raw_dir / modality.file}: `{name}` is {ds.height} x {ds.width} without "
-                        f"georeferencing; local data like this must already be on the {grid.height} x "
+                        f"georeferencing; custom data like this must already be on the {grid.height} x "
                         f"{grid.width} reference grid. Resample it first, or give a georeferenced GeoTIFF."
                     )
                 written = write_modality(ds, modality, grid, tmp / f"{name}.tif", valid)

@@ -9,7 +9,7 @@ What to fetch comes from ``source:`` in ``params/datasets/<name>.yaml``:
   checksums). Checksums come only from the manifest, never from the real dataset's params entry.
 * ``kind: manual`` — nothing is downloaded; the user places each file in ``<out>/archives/`` (or
   ``<out>/``) and this stage verifies and unpacks it, or explains where to put what.
-* ``kind: local`` — your own data ("bring your own data"): every modality's and label file's ``path:``
+* ``kind: custom`` — your own data ("bring your own data"): every modality's and label file's ``path:``
   is checked (exists, readable, band count, and for arrays without georeferencing the shape of the
   reference grid), then *copied* into ``<out>/`` under a stable name (``<modality>.<ext>``,
   ``labels_train.<ext>``, ``labels_test.<ext>``) with its sha256 in the receipt. A copy, not a link:
@@ -68,7 +68,7 @@ RESERVED = (ARCHIVES, RECEIPT)
 
 
 class LocalDataError(DownloadError):
-    """A ``kind: local`` file is missing, unreadable or not on the reference grid; the message says which."""
+    """A ``kind: custom`` file is missing, unreadable or not on the reference grid; the message says which."""
 
 
 class ManualDownloadRequired(DownloadError):
@@ -336,9 +336,9 @@ def download_dataset(
         "twin": lambda: _fetch_twin_checked(spec, out, twin_dir, **fetch_kw),
         "manual": lambda: locate_manual(spec, params_entries(spec), out),
     }
-    if kind == "local":
-        log.info("%s: source kind local -> %s", spec.name, out)
-        return build_local(spec, out)
+    if kind == "custom":
+        log.info("%s: source kind custom -> %s", spec.name, out)
+        return build_custom(spec, out)
     if kind not in fetchers:
         raise ParamsError(f"{spec.path}: unknown source.kind {kind!r}.")
     log.info("%s: source kind %s -> %s", spec.name, kind, out)
@@ -362,7 +362,7 @@ def _fetch_twin_checked(
 
 
 # --------------------------------------------------------------------------------------------------
-# Local data (source.kind: local)
+# Your own data (source.kind: custom)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -444,15 +444,15 @@ def _where(transform: Any) -> str:
     return f"origin ({transform.c:g}, {transform.f:g}), pixel {transform.a:g} x {transform.e:g}"
 
 
-def check_local(spec: DatasetSpec) -> tuple[int, int]:
-    """Check every local file before anything is written; return the reference grid's shape.
+def check_custom(spec: DatasetSpec) -> tuple[int, int]:
+    """Check every custom file before anything is written; return the reference grid's shape.
 
     Arrays without georeferencing (.npy, .mat, and labels) cannot be resampled: they must already have
     the reference modality's height and width.
     """
-    for name, src in spec.local_sources.items():
+    for name, src in spec.custom_sources.items():
         _readable(spec, name, src)
-    sources = spec.local_sources
+    sources = spec.custom_sources
     mods = spec.modalities
     ref = spec.reference_modality
     ref_shape, ref_transform = _probe(spec, ref, sources[mods[ref].file])
@@ -503,12 +503,12 @@ def check_local(spec: DatasetSpec) -> tuple[int, int]:
     return ref_shape
 
 
-def build_local(spec: DatasetSpec, out: Path) -> dict[str, Any]:
+def build_custom(spec: DatasetSpec, out: Path) -> dict[str, Any]:
     """Check, copy and hash the local files into ``out`` atomically; return the receipt written there."""
-    check_local(spec)
+    check_custom(spec)
     inputs = []
     with atomic_dir(out) as tmp:
-        for name, src in sorted(spec.local_sources.items()):
+        for name, src in sorted(spec.custom_sources.items()):
             before = sha256_file(src)
             shutil.copyfile(src, tmp / name)
             digest = sha256_file(tmp / name)
@@ -518,9 +518,9 @@ def build_local(spec: DatasetSpec, out: Path) -> dict[str, Any]:
                 )
             inputs.append({"file": name, "path": _display(src), "sha256": digest, "size": src.stat().st_size})
         _, files = sha256_tree(tmp, exclude=RESERVED)
-        receipt = {"dataset": spec.name, "source": "local", "inputs": inputs, "files": files}
+        receipt = {"dataset": spec.name, "source": "custom", "inputs": inputs, "files": files}
         write_json(tmp / RECEIPT, receipt)
-    log.info("%s: %d local file(s) copied into %s", spec.name, len(inputs), out)
+    log.info("%s: %d custom file(s) copied into %s", spec.name, len(inputs), out)
     return receipt
 
 

@@ -1,4 +1,4 @@
-"""Bring your own data: a ``source.kind: local`` scene described only by a params file.
+"""Bring your own data: a ``source.kind: custom`` scene described only by a params file.
 
 The scene (written by :func:`make_scene`, also runnable as ``python -m tests.test_custom_dataset DIR``
 to produce the files params/datasets/custom-example.yaml points at): a 20-band HSI GeoTIFF of
@@ -140,7 +140,7 @@ def _spec(root: Path):
 def test_example_params_fill_ids_keys_colours_and_stable_names(project: tuple[Path, Scene]) -> None:
     root, scene = project
     spec = _spec(root)
-    assert spec.is_local and spec.declared_shape is None
+    assert spec.is_custom and spec.declared_shape is None
     assert [(c.id, c.key) for c in spec.classes] == [
         (1, "water"),
         (2, "trees"),
@@ -153,7 +153,9 @@ def test_example_params_fill_ids_keys_colours_and_stable_names(project: tuple[Pa
         "sar": "sar.tif",
         "dsm": "dsm.npy",
     }
-    assert spec.local_sources["dsm.npy"] == scene.dsm and spec.local_sources["labels_test.tif"] == scene.test
+    assert (
+        spec.custom_sources["dsm.npy"] == scene.dsm and spec.custom_sources["labels_test.tif"] == scene.test
+    )
     assert spec.expected_counts("train") is None
 
 
@@ -187,7 +189,7 @@ def test_download_copies_and_records_sha256(project: tuple[Path, Scene]) -> None
     root, scene = project
     out = root / "data" / "raw" / NAME
     receipt = download_dataset(_spec(root), out)
-    assert json.loads((out / RECEIPT).read_text()) == receipt and receipt["source"] == "local"
+    assert json.loads((out / RECEIPT).read_text()) == receipt and receipt["source"] == "custom"
     by_file = {i["file"]: i for i in receipt["inputs"]}
     assert set(by_file) == {"hsi.tif", "sar.tif", "dsm.npy", "labels_train.tif", "labels_test.tif"}
     assert by_file["dsm.npy"]["sha256"] == sha256_file(scene.dsm) == receipt["files"]["dsm.npy"]

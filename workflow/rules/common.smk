@@ -43,9 +43,9 @@ def twin_source(wildcards):
     return [f"data/twins/{wildcards.ds}"] if dataset(wildcards.ds).is_twin else []
 
 
-def local_sources(wildcards):
-    """Local data (source.kind: local): the user's files, so that editing one reruns the download."""
-    return [str(p) for p in dataset(wildcards.ds).local_sources.values()]
+def custom_sources(wildcards):
+    """Local data (source.kind: custom): the user's files, so that editing one reruns the download."""
+    return [str(p) for p in dataset(wildcards.ds).custom_sources.values()]
 
 
 def uses_gan(wildcards):

@@ -20,7 +20,7 @@ rule download:
     input:
         params=dataset_params,
         twin=twin_source,
-        local=local_sources,
+        custom=custom_sources,
     output:
         directory("data/raw/{ds}"),
     params:
