@@ -5,7 +5,8 @@ dataset and ``params/models/<name>.yaml`` every model hyper-parameter. Code asks
 never hard-codes a band count, class list or split size.
 
 A dataset file may say ``twin_of: <base>``: it is then deep-merged over the base file, so a synthetic
-twin inherits the real dataset's file names, classes and counts and overrides only what differs.
+twin inherits the real dataset's file names, classes and counts and overrides only what differs. The
+base may itself be a twin (a small twin of the full twin of the real dataset).
 """
 
 from __future__ import annotations
@@ -121,10 +122,18 @@ class Modality:
     resampling: str
     key: str | None
     layout: str | None = None  # .npy/.mat arrays: "chw" (bands first) or "hwc" (bands last)
+    # ``files:`` rasters on one grid stacked band-wise into this modality (Houston 2018's LiDAR
+    # products, one GeoTIFF each); empty when the modality is the one ``file``.
+    stack: tuple[str, ...] = ()
     # A declared no-data value: a pixel has no data where any band (``nodata_rule: any_band``) or every
     # band (``all_bands``, e.g. a zero-filled border of a spectrum) equals it.
     nodata: float | None = None
     nodata_rule: str = "any_band"
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The modality's file(s) inside ``data/raw/<name>``: the ``files:`` stack or the one ``file``."""
+        return self.stack or (self.file,)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,8 @@ class DatasetSpec:
     name: str
     raw: dict[str, Any]
     path: Path
+    # the params files merged under this one, nearest first (``twin_of`` and its own ``twin_of``)
+    bases: tuple[str, ...] = ()
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -228,7 +239,7 @@ class DatasetSpec:
             out[name] = Modality(
                 name=name,
                 role=m["role"],
-                file=m["file"],
+                file=m.get("file") or m["files"][0],
                 format=m["format"],
                 bands=m["bands"],
                 band_names=tuple(names),
@@ -241,12 +252,20 @@ class DatasetSpec:
                 layout=m.get("layout"),
                 nodata=m.get("nodata"),
                 nodata_rule=m.get("nodata_rule", "any_band"),
+                stack=tuple(m.get("files", ())),
             )
         return out
 
     @property
     def reference_modality(self) -> str:
+        """The modality the grid is taken from, or ``labels`` (the train label raster's own grid)."""
         return self.raw["grid"]["reference"]
+
+    @property
+    def registration_reference(self) -> str:
+        """The modality residual shifts are measured against: the reference, else the primary one."""
+        ref = self.reference_modality
+        return ref if ref in self.raw["modalities"] else self.modalities_with_role("primary")[0]
 
     def modalities_with_role(self, role: str) -> list[str]:
         return [n for n, m in self.modalities.items() if m.role == role]
@@ -299,16 +318,18 @@ class DatasetSpec:
     def expected_counts(self, split: str) -> dict[int, int] | None:
         """Per-class sample counts of ``split`` (``train`` or ``test``), scaled for a small twin.
 
-        ``None`` when the params file does not list them.
+        A twin of a dataset whose real counts are unknown lists its own in ``twin.<split>_counts``
+        (class key -> count at full size). ``None`` when neither lists them.
         """
-        if any(c.get(split) is None for c in self.raw["classes"]):
-            return None
         twin = self.twin or {}
+        twin_counts = twin.get(f"{split}_counts") or {}
+        if any(c.get(split) is None and c["key"] not in twin_counts for c in self.raw["classes"]):
+            return None
         scale = twin.get("count_scale", 1.0)
         floor = twin.get(f"min_{split}", 1)
         counts = {}
         for c in self.raw["classes"]:
-            n = c[split]
+            n = c[split] if c.get(split) is not None else twin_counts[c["key"]]
             counts[c["id"]] = n if scale == 1.0 else max(floor, math.floor(n * scale + 0.5))
         return counts
 
@@ -323,10 +344,14 @@ def load_dataset(name: str, root: Path | None = None) -> DatasetSpec:
     data = load_yaml(path)
     if data.get("name") != name:
         raise ParamsError(f"{path}: `name: {data.get('name')}` must equal the file name `{name}`.")
+    bases: list[str] = []
     base_name = data.get("twin_of")
-    if base_name:
+    while base_name:
+        if base_name in bases or base_name == name:
+            raise ParamsError(f"{path}: `twin_of` loops through {base_name}.")
+        bases.append(base_name)
         base = load_yaml(_dataset_file(base_name, root))
-        base.pop("twin_of", None)
+        base_name = base.pop("twin_of", None)
         data = deep_merge(base, data)
     if data.get("source", {}).get("kind") == "custom":
         _fill_custom_classes(data)
@@ -334,7 +359,7 @@ def load_dataset(name: str, root: Path | None = None) -> DatasetSpec:
     _check_dataset(data, path)
     if data["source"]["kind"] == "custom":
         _resolve_custom_files(data, path)
-    return DatasetSpec(name=name, raw=data, path=path)
+    return DatasetSpec(name=name, raw=data, path=path, bases=tuple(bases))
 
 
 def default_palette(n: int) -> list[list[int]]:
@@ -419,8 +444,15 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
         )
     if custom and data["task"] != "scene":
         raise ParamsError(f"{path}: custom data (`source.kind: custom`) is one scene; set `task: scene`.")
-    if data["grid"]["reference"] not in mods:
-        raise ParamsError(f"{path}: grid.reference `{data['grid']['reference']}` is not a modality.")
+    reference = data["grid"]["reference"]
+    if reference == "labels":
+        if data["labels"]["format"] != "geotiff" or data["task"] != "scene":
+            raise ParamsError(
+                f"{path}: grid.reference `labels` takes the grid of a georeferenced label GeoTIFF "
+                "(labels.format: geotiff, task: scene)."
+            )
+    elif reference not in mods:
+        raise ParamsError(f"{path}: grid.reference `{reference}` is neither a modality nor `labels`.")
     if not any(m["role"] == "primary" for m in mods.values()):
         raise ParamsError(f"{path}: at least one modality needs `role: primary`.")
     for name, m in mods.items():
@@ -431,8 +463,13 @@ def _check_dataset(data: dict[str, Any], path: Path) -> None:
             )
         if m["format"] == "mat" and custom and "key" not in m:
             raise ParamsError(f"{path}: modalities.{name} is a .mat file; name its variable with `key:`.")
-        if "file" not in m and not custom:
+        if "file" not in m and "files" not in m and not custom:
             raise ParamsError(f"{path}: modalities.{name} needs `file:` (its path inside data/raw/<name>).")
+        if "files" in m and ("file" in m or m["format"] != "geotiff" or len(m["files"]) != m["bands"]):
+            raise ParamsError(
+                f"{path}: modalities.{name}.files stacks single-band GeoTIFFs, one per band: give "
+                f"{m['bands']} of them (format: geotiff) and no `file:`."
+            )
         if "nodata_rule" in m and "nodata" not in m:
             raise ParamsError(f"{path}: modalities.{name}.nodata_rule needs `nodata:` (the no-data value).")
         for key in ("band_names", "wavelengths_nm"):
@@ -595,7 +632,7 @@ def resolve_experiments(
     """
     out: list[Experiment] = []
     for entry in pipeline["experiments"]:
-        if entry.get("datasets") and not {dataset.name, dataset.raw.get("twin_of")} & set(entry["datasets"]):
+        if entry.get("datasets") and not {dataset.name, *dataset.bases} & set(entry["datasets"]):
             continue  # listed datasets match their twins too
         preset_name = entry.get("preset", pipeline["preset"])
         if (

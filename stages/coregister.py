@@ -2,11 +2,13 @@
 
 ``python -m stages.coregister --dataset NAME --raw data/raw/NAME --out results/NAME/coreg``
 
-The reference grid is the ``grid.reference`` modality's own grid. Each other modality is resampled
-onto it through a ``WarpedVRT`` (bilinear for continuous bands unless the params file says
-otherwise; nearest for labels), streamed tile by tile so memory stays bounded by one 256 x 256
-block of all bands. A modality already on the reference grid is copied unchanged in its own dtype;
-a resampled one becomes float32 with NaN outside its footprint.
+The reference grid is the ``grid.reference`` modality's own grid, or with ``reference: labels`` the
+train label GeoTIFF's (Houston 2018: the 0.5 m ground truth, onto which the 1 m HSI goes x2 and the
+LiDAR, which covers a larger area, is cropped). Each other modality is resampled onto it through a
+``WarpedVRT`` (bilinear for continuous bands unless the params file says otherwise; nearest for
+labels), streamed tile by tile so memory stays bounded by one 256 x 256 block of all bands. A
+modality already on the reference grid is copied unchanged in its own dtype; a resampled one becomes
+float32 with NaN outside its footprint.
 
 Residual misalignment is then *estimated*, not corrected: phase correlation (upsampled DFT, no
 spectral normalisation, which fails on smooth cross-modal windows) between edge images of the
@@ -42,7 +44,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from stages.config import DatasetSpec, Modality, load_dataset
-from stages.datasets.readers import SourceError, open_modality, read_labels
+from stages.datasets.readers import SourceError, open_modality, open_reference, read_labels
 from stages.datasets.tiles import index_tiles
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
@@ -90,14 +92,14 @@ def _has_geotransform(ds: DatasetReader) -> bool:
 
 
 def reference_grid(ds: DatasetReader, spec: DatasetSpec) -> Grid:
-    """The grid of the reference modality, with params fallbacks for missing georeferencing.
+    """The grid of the reference raster, with params fallbacks for missing georeferencing.
 
-    Local data may leave grid.height/width out: the reference modality's own size is then the grid.
+    Custom data may leave grid.height/width out: the reference modality's own size is then the grid.
     """
     declared = spec.declared_shape
     if declared is not None and (ds.height, ds.width) != declared:
         raise SourceError(
-            f"{ds.name}: the reference modality is {ds.height} x {ds.width} but {spec.path} declares "
+            f"{ds.name}: the reference raster is {ds.height} x {ds.width} but {spec.path} declares "
             f"grid {declared[0]} x {declared[1]}. Fix grid.height/width or check the file."
         )
     height, width = ds.height, ds.width
@@ -245,10 +247,10 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
     if spec.task == "tiles":
         return coregister_tiles(spec, raw_dir, out)
     modalities = spec.modalities
-    ref_name = spec.reference_modality
-    sidecar: dict[str, Any] = {"dataset": spec.name, "reference": ref_name, "modalities": {}}
+    ref_name = spec.registration_reference
+    sidecar: dict[str, Any] = {"dataset": spec.name, "reference": spec.reference_modality, "modalities": {}}
     with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out) as tmp:
-        with open_modality(raw_dir, modalities[ref_name]) as ref_ds:
+        with open_reference(raw_dir, spec) as ref_ds:
             grid = reference_grid(ref_ds, spec)
         valid = np.ones((grid.height, grid.width), bool)
         for name, modality in modalities.items():
@@ -268,8 +270,12 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
                 }
             sidecar["modalities"][name] = {
                 "file": f"{name}.tif",
-                "source": modality.file,
-                "source_sha256": sha256_file(raw_dir / modality.file),
+                "source": list(modality.stack) if modality.stack else modality.file,
+                "source_sha256": (
+                    [sha256_file(raw_dir / p) for p in modality.stack]
+                    if modality.stack
+                    else sha256_file(raw_dir / modality.file)
+                ),
                 "source_grid": source_grid,
                 "role": modality.role,
                 "bands": modality.bands,

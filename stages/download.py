@@ -17,7 +17,8 @@ What to fetch comes from ``source:`` in ``params/datasets/<name>.yaml``:
   sees the edit through the rule's inputs and reruns the stage).
 
 Each archive with ``unpack: zip|tar`` is extracted safely into ``<out>/``; any other file is placed at
-``<out>/<file>``. Every path listed under ``contents`` is then checked against its sha256.
+``<out>/<file>``. Every path listed under ``contents`` is then checked against its sha256 (a member
+listed with ``null`` must be there; its checksum is unknown).
 
 Download cache: archives are fetched into ``<out.parent>/.cache/<out.name>/`` (for example
 ``data/raw/.cache/houston2013/``), outside ``out``, so a failed or interrupted run keeps what it
@@ -83,7 +84,7 @@ class Entry:
     urls: tuple[str, ...]
     sha256: str | None
     unpack: str | None
-    contents: dict[str, str] = field(default_factory=dict)
+    contents: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ def _place(item: Fetched, root: Path) -> None:
 def _check_contents(item: Fetched, files: dict[str, str], hint: str) -> None:
     for rel, expected in sorted(item.entry.contents.items()):
         actual = files.get(rel)
-        if actual == expected:
+        if actual is not None and expected in (None, actual):
             continue
         what = "is missing" if actual is None else f"has sha256 {actual}, expected {expected}"
         raise ChecksumMismatch(
@@ -406,7 +407,7 @@ def _probe(spec: DatasetSpec, name: str, path: Path) -> tuple[tuple[int, int], A
         )
     try:
         with open_modality(path.parent, replace(modality, file=path.name)) as ds:
-            georef = not ds.transform.is_identity and modality.format in ("geotiff", "envi")
+            georef = not ds.transform.is_identity and modality.format in ("geotiff", "envi", "pcidsk")
             return (ds.height, ds.width), (ds.transform if georef else None)
     except SourceError as err:
         raise LocalDataError(f"{err} (modalities.{name} in {spec.path})") from err

@@ -1,6 +1,8 @@
 """Readers for the native formats of the source datasets, all opened as rasterio datasets.
 
-* GeoTIFF and ENVI (``.hdr`` + binary) go straight through rasterio/GDAL, windowed.
+* GeoTIFF, ENVI (``.hdr`` + binary) and PCIDSK (``.pix``, Houston 2018's HSI) go straight through
+  rasterio/GDAL, windowed. A ``files:`` modality stacks single-band GeoTIFFs on one grid through a
+  VRT, so it is still read window by window.
 * MATLAB ``.mat`` (v5 through scipy, v7.3 through h5py) holds ``H x W x C`` arrays without
   georeferencing; the array is wrapped in an in-memory GeoTIFF so the rest of the pipeline has one
   code path. ``key`` selects the variable; a dotted path reaches struct fields (``hsi.Data``).
@@ -16,6 +18,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
@@ -33,18 +36,21 @@ class SourceError(ValueError):
 
 @contextlib.contextmanager
 def open_modality(raw_dir: Path, modality: Modality) -> Iterator[DatasetReader]:
-    """Open one modality's file under ``raw_dir`` as a (windowed) rasterio dataset."""
+    """Open one modality's file (or ``files:`` stack) under ``raw_dir`` as a windowed rasterio dataset."""
+    for rel in modality.paths:
+        if not (raw_dir / rel).is_file():
+            key = "files" if modality.stack else "file"
+            raise SourceError(
+                f"{raw_dir / rel}: the {modality.name} file is missing. Run the download stage, or check "
+                f"`modalities.{modality.name}.{key}` in the dataset's params file."
+            )
     path = raw_dir / modality.file
-    if not path.is_file():
-        raise SourceError(
-            f"{path}: the {modality.name} file is missing. Run the download stage, or check "
-            f"`modalities.{modality.name}.file` in the dataset's params file."
-        )
-    if modality.format in ("geotiff", "envi"):
+    if modality.format in ("geotiff", "envi", "pcidsk"):
+        source = stack_vrt([raw_dir / p for p in modality.stack]) if modality.stack else path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:
-                ds = rasterio.open(path)
+                ds = rasterio.open(source)
             except rasterio.errors.RasterioIOError as err:
                 raise SourceError(f"{path}: rasterio cannot read it as {modality.format} ({err}).") from err
         with ds:
@@ -59,6 +65,84 @@ def open_modality(raw_dir: Path, modality: Modality) -> Iterator[DatasetReader]:
             yield ds
     else:
         raise SourceError(f"{path}: unsupported format {modality.format!r}.")
+
+
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def stack_vrt(paths: list[Path]) -> str:
+    """A VRT (XML, openable by rasterio) whose band ``i`` is band 1 of ``paths[i]``.
+
+    Every file must be single-band and share the first file's size, transform and CRS; the bands take
+    the dtype that holds them all, and each keeps its file's no-data value.
+    """
+    metas = []
+    for path in paths:
+        try:
+            with rasterio.open(path) as ds:
+                metas.append((ds.count, ds.shape, ds.transform, ds.crs, ds.dtypes[0], ds.nodata))
+        except rasterio.errors.RasterioIOError as err:
+            raise SourceError(f"{path}: rasterio cannot read it as a GeoTIFF ({err}).") from err
+    _, shape, transform, crs, _, _ = metas[0]
+    for path, (n, other_shape, other_transform, other_crs, _, _) in zip(paths, metas, strict=True):
+        if n != 1:
+            raise SourceError(f"{path}: has {n} bands; a `files:` stack takes single-band rasters.")
+        if (other_shape, other_transform, other_crs) != (shape, transform, crs):
+            raise SourceError(
+                f"{path}: its grid ({other_shape[0]} x {other_shape[1]}, {other_transform.to_gdal()}, "
+                f"{other_crs}) differs from {paths[0]}'s ({shape[0]} x {shape[1]}, {transform.to_gdal()}, "
+                f"{crs}); the files of one modality must share a grid."
+            )
+    dtype = np.result_type(*[m[4] for m in metas]).name
+    bands = []
+    for i, (path, meta) in enumerate(zip(paths, metas, strict=True), start=1):
+        nodata = "" if meta[5] is None else f"<NoDataValue>{meta[5]!r}</NoDataValue>"
+        bands.append(
+            f'<VRTRasterBand dataType="{_GDAL_TYPES[dtype]}" band="{i}">{nodata}<SimpleSource>'
+            f'<SourceFilename relativeToVRT="0">{escape(str(path.resolve()))}</SourceFilename>'
+            "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
+        )
+    srs = f"<SRS>{escape(crs.to_wkt())}</SRS>" if crs else ""
+    geo = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    return (
+        f'<VRTDataset rasterXSize="{shape[1]}" rasterYSize="{shape[0]}">{srs}'
+        f"<GeoTransform>{geo}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
+
+
+@contextlib.contextmanager
+def open_reference(raw_dir: Path, spec: DatasetSpec) -> Iterator[DatasetReader]:
+    """The raster whose grid is the dataset's grid: ``grid.reference``'s modality, or with
+    ``reference: labels`` the train label GeoTIFF (a ground truth finer than some sensors)."""
+    if spec.reference_modality != "labels":
+        with open_modality(raw_dir, spec.modalities[spec.reference_modality]) as ds:
+            yield ds
+        return
+    path = raw_dir / spec.labels["train"]
+    if not path.is_file():
+        raise SourceError(
+            f"{path}: the train labels (the reference grid) are missing. Run the download stage."
+        )
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise SourceError(f"{path}: rasterio cannot read the label GeoTIFF ({err}).") from err
+    with ds:
+        if ds.transform.is_identity:
+            raise SourceError(
+                f"{path}: grid.reference is `labels` but the label raster has no georeferencing, so "
+                "nothing can be resampled onto it. Name a georeferenced modality as grid.reference."
+            )
+        yield ds
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -30,12 +30,8 @@ def experiment(wildcards):
 
 
 def dataset_params(wildcards):
-    """The dataset's params file and the real dataset it is a twin of (if any)."""
-    files = [f"params/datasets/{wildcards.ds}.yaml"]
-    base = dataset(wildcards.ds).raw.get("twin_of")
-    if base:
-        files.append(f"params/datasets/{base}.yaml")
-    return files
+    """The dataset's params file and those it is merged over (its twin_of chain)."""
+    return [f"params/datasets/{name}.yaml" for name in (wildcards.ds, *dataset(wildcards.ds).bases)]
 
 
 def twin_source(wildcards):
