@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.config import DatasetSpec, load_dataset
-from stages.datasets.twins import dfc20, houston2013, hunan, mat_scene
+from stages.datasets.twins import dfc20, houston2013, houston2018, hunan, mat_scene
 from stages.datasets.twins.packaging import pack
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.logs import setup_logging
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 GENERATORS: dict[str, Callable[[DatasetSpec, Path], dict[str, Any]]] = {
     "houston2013": houston2013.generate,
+    "houston2018": houston2018.generate,
     "dfc20": dfc20.generate,
     "hunan": hunan.generate,
     "mat_scene": mat_scene.generate,

@@ -341,7 +341,7 @@ def write_mat(path: Path, variables: dict[str, Any]) -> None:
     path.write_bytes(bytes(data))
 
 
-def _as_dtype(array: np.ndarray, dtype: str | None) -> np.ndarray:
+def as_dtype(array: np.ndarray, dtype: str | None) -> np.ndarray:
     dtype = np.dtype(dtype or "float64")
     if dtype.kind in "ui":  # integer sensors store scaled values (reflectance x 10000)
         info = np.iinfo(dtype)
@@ -424,11 +424,11 @@ def generate(spec: DatasetSpec, out_dir: Path) -> dict[str, Any]:
                 looks,
                 rng,
             )
-            array = _as_dtype(coarse, modality.dtype)
+            array = as_dtype(coarse, modality.dtype)
             del coarse
             array = array[rows_up][:, cols_up]
         else:
-            array = _as_dtype(_render(spec, name, modality, cls, parcel, looks, rng), modality.dtype)
+            array = as_dtype(_render(spec, name, modality, cls, parcel, looks, rng), modality.dtype)
         if border is not None and name in border_spec["modalities"]:
             array[border] = modality.nodata
         if modality.role == "primary":
