@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from stages.config import (
     load_pipeline,
     resolve_experiments,
 )
+from tests.conftest import copy_project, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +143,26 @@ def test_experiments_follow_the_dataset_task_and_their_dataset_list() -> None:
     twin = [e.name for e in resolve_experiments(pipeline, load_dataset("dfc20-twin"))]
     assert scene == ["fusatnet", "unet"]  # the dfc20-only experiment is left out
     assert tiles == twin == ["unet", "unet-s1"]  # FusAtNet classifies patch centres: not on tiles
+
+
+REAL_DATASETS = [
+    name
+    for name in list_datasets()
+    if load_dataset(name).source["kind"] in ("http", "manual")  # twins run end to end elsewhere
+]
+
+
+def test_snakemake_plans_every_real_dataset_end_to_end(tmp_path: Path) -> None:
+    """`snakemake -n results/<ds>/all` plans the whole DAG for every real dataset, from the download."""
+    assert {"houston2013", "houston2018", "berlin", "augsburg", "dfc20", "hunan", "trento", "muufl"} <= set(
+        REAL_DATASETS
+    )
+    root = copy_project(tmp_path / "project")
+    targets = [f"results/{name}/all" for name in REAL_DATASETS]
+    proc = run(["snakemake", "-n", "--cores", "2", *targets], cwd=root)
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.MULTILINE))
+    for stage in ("download", "coregister", "patches", "augment", "index_runs", "report"):
+        assert int(stats[stage]) == len(REAL_DATASETS), (stage, stats)
+    assert int(stats["train"]) == int(stats["evaluate"]) >= 2 * len(REAL_DATASETS)
+    for name in REAL_DATASETS:
+        assert f"results/{name}/coreg" in proc.stdout and f"data/raw/{name}" in proc.stdout
