@@ -125,6 +125,7 @@ class Modality:
     # ``files:`` rasters on one grid stacked band-wise into this modality (Houston 2018's LiDAR
     # products, one GeoTIFF each); empty when the modality is the one ``file``.
     stack: tuple[str, ...] = ()
+    wavelengths_key: str | None = None  # .mat: where the file stores the band centres
     # A declared no-data value: a pixel has no data where any band (``nodata_rule: any_band``) or every
     # band (``all_bands``, e.g. a zero-filled border of a spectrum) equals it.
     nodata: float | None = None
@@ -253,6 +254,7 @@ class DatasetSpec:
                 nodata=m.get("nodata"),
                 nodata_rule=m.get("nodata_rule", "any_band"),
                 stack=tuple(m.get("files", ())),
+                wavelengths_key=m.get("wavelengths_key"),
             )
         return out
 

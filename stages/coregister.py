@@ -44,7 +44,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from stages.config import DatasetSpec, Modality, load_dataset
-from stages.datasets.readers import SourceError, open_modality, open_reference, read_labels
+from stages.datasets.readers import SourceError, band_centres, open_modality, open_reference, read_labels
 from stages.datasets.tiles import index_tiles
 from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
@@ -280,7 +280,7 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
                 "role": modality.role,
                 "bands": modality.bands,
                 "band_names": list(modality.band_names),
-                "wavelengths_nm": list(modality.wavelengths_nm) if modality.wavelengths_nm else None,
+                "wavelengths_nm": list(centres) if (centres := band_centres(raw_dir, modality)) else None,
                 "units": modality.units,
                 **written,
             }

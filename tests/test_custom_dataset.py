@@ -25,6 +25,7 @@ from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
 
 from stages.config import ParamsError, load_dataset
+from stages.datasets.readers import SourceError
 from stages.download import RECEIPT, LocalDataError, download_dataset
 from stages.io.hashing import sha256_file
 from tests.conftest import ROOT, copy_project, run, shrink_to_test_size
@@ -347,3 +348,32 @@ def test_snakemake_runs_the_example_to_the_report(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     make_scene(sys.argv[1] if len(sys.argv) > 1 else ROOT / "data" / NAME)
+
+
+def test_labels_remap_applies_to_scene_label_rasters(project: tuple[Path, Scene]) -> None:
+    """A scene whose label rasters hold the producer's codes (10, 20, ...) maps them through
+    labels.remap, as tile datasets do; a code the remap does not list is an error, not a class."""
+    from stages.coregister import coregister
+
+    root, scene = project
+    for split in ("train", "test"):
+        path = getattr(scene, split)
+        with rasterio.open(path) as ds:
+            prof, image = ds.profile, ds.read(1)
+        with rasterio.open(path, "w", **prof) as dst:
+            dst.write((image * 10).astype(np.uint8), 1)  # class k -> code 10 k; 0 stays 0
+    params = root / "params" / "datasets" / f"{NAME}.yaml"
+    data = yaml.safe_load(params.read_text())
+    data["labels"]["remap"] = {0: 0, **{10 * k: k for k in range(1, N_CLASSES + 1)}}
+    params.write_text(yaml.safe_dump(data))
+    raw = root / "data" / "raw" / NAME
+    download_dataset(_spec(root), raw)
+    sidecar = coregister(_spec(root), raw, root / "coreg", threads=1)
+    assert {
+        split: {int(k): v for k, v in c.items()} for split, c in sidecar["labels"].items()
+    } == scene.counts
+    del data["labels"]["remap"][10 * N_CLASSES]
+    params.write_text(yaml.safe_dump(data))
+    with pytest.raises(SourceError, match=r"raw label codes that labels.remap does not list"):
+        coregister(_spec(root), raw, root / "coreg2", threads=1)
+    assert not (root / "coreg2").exists()

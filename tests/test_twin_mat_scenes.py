@@ -165,3 +165,17 @@ def test_snakemake_runs_the_twin_end_to_end(name: str, tmp_path: Path) -> None:
     n_classes = load_dataset(name).n_classes
     assert metrics["two_branch_cnn"]["oa_mean"] > 2 / n_classes  # measured: Trento 0.86, MUUFL 0.93
     assert (root / "results" / name / "all" / "table.md").is_file()
+
+
+def test_band_centres_come_from_the_params_or_the_file(built: Built) -> None:
+    """Trento lists its wavelengths in the params; MUUFL's live in the .mat (hsi.info.wavelength) and
+    co-registration records them from there."""
+    sidecar = json.loads((built.coreg / "grid.json").read_text())
+    hsi = built.spec.modalities["hsi"]
+    recorded = sidecar["modalities"]["hsi"]["wavelengths_nm"]
+    if hsi.wavelengths_nm:
+        assert recorded == list(hsi.wavelengths_nm)
+    else:
+        assert hsi.wavelengths_key == "hsi.info.wavelength"
+        lo, hi = built.spec.twin["wavelength_range_nm"]
+        np.testing.assert_allclose(recorded, np.linspace(lo, hi, hsi.bands))

@@ -145,6 +145,21 @@ def open_reference(raw_dir: Path, spec: DatasetSpec) -> Iterator[DatasetReader]:
         yield ds
 
 
+def band_centres(raw_dir: Path, modality: Modality) -> tuple[float, ...] | None:
+    """Band centres (nm): the params file's ``wavelengths_nm``, else those a ``.mat`` stores at
+    ``wavelengths_key`` (MUUFL's ``hsi.info.wavelength``), else None."""
+    if modality.wavelengths_nm or not modality.wavelengths_key:
+        return modality.wavelengths_nm
+    path = raw_dir / modality.file
+    centres = np.asarray(read_mat(path, modality.wavelengths_key), dtype=np.float64).ravel()
+    if centres.size != modality.bands:
+        raise SourceError(
+            f"{path}: `{modality.wavelengths_key}` holds {centres.size} band centres for the "
+            f"{modality.bands} bands of `{modality.name}`. Check wavelengths_key / bands in the params file."
+        )
+    return tuple(float(c) for c in centres)
+
+
 def read_npy(path: Path) -> np.ndarray:
     """A NumPy ``.npy`` array, memory-mapped (no pickles: they can run code)."""
     try:
@@ -268,6 +283,14 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
             f"{path}: the {split} labels are {labels.shape}, the reference grid is {tuple(shape)}. Label "
             "arrays without georeferencing (.npy, .mat) must be H x W on the reference modality's grid."
         )
+    lut = spec.label_lut()
+    if lut is not None:  # raw codes -> class ids (0 = no label; 255 = an unlisted code, rejected below)
+        if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 255:
+            raise SourceError(
+                f"{path}: the {split} labels hold {labels.dtype} values outside 0..255; labels.remap maps "
+                "8-bit codes. Check the file, or drop labels.remap from the params."
+            )
+        labels = lut[labels]
     labels = _check_label_values(labels, spec, path)
     if "split" in spec.labels:  # one labelled map: the split is drawn from it (stages/datasets/splits.py)
         try:
@@ -278,10 +301,15 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
 
 
 def _check_label_values(labels: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
-    unlabelled = spec.labels.get("unlabelled", 0)
+    remapped = spec.label_lut() is not None
+    unlabelled = 0 if remapped else spec.labels.get("unlabelled", 0)
     valid = {c.id for c in spec.classes} | {unlabelled}
     found = set(np.unique(labels).tolist())
     if not found <= valid:
+        if remapped:
+            raise SourceError(
+                f"{path}: raw label codes that labels.remap does not list (now {sorted(found - valid)})."
+            )
         raise SourceError(f"{path}: label values {sorted(found - valid)} are not declared classes.")
     out = labels.astype(np.int64)
     out[out == unlabelled] = 0
