@@ -446,6 +446,22 @@ def test_download_contents_mismatch_names_member(tmp_path: Path, package: dict) 
     assert not out.exists()
 
 
+def test_download_member_with_unknown_checksum_must_be_present(tmp_path: Path, package: dict) -> None:
+    """`contents: {member: null}`: the member must be in the archive; its bytes are not checked."""
+    out = tmp_path / "raw" / "demo"
+    with serve_directory(package["dir"]) as base:
+        known = {"pkg/a.bin": None, "pkg/b.txt": sha(package["members"]["pkg/b.txt"])}
+        spec = write_spec(tmp_path / "params", "demo", _http_source(base, package, known))
+        assert download_dataset(spec, out, **FAST)["files"]["pkg/a.bin"] == sha(
+            package["members"]["pkg/a.bin"]
+        )
+        absent = {"pkg/a.bin": None, "pkg/gone.tif": None}
+        spec = write_spec(tmp_path / "params", "demo", _http_source(base, package, absent))
+        with pytest.raises(ChecksumMismatch, match=r"member pkg/gone\.tif is missing"):
+            download_dataset(spec, tmp_path / "raw" / "other", **FAST)
+    assert not (tmp_path / "raw" / "other").exists()
+
+
 def test_download_truncated_archive_leaves_no_output(tmp_path: Path, package: dict) -> None:
     data = package["zip"][: len(package["zip"]) // 2]
     (package["dir"] / "pkg.zip").write_bytes(data)
