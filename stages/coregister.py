@@ -50,7 +50,7 @@ from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_file
 from stages.io.logs import progress, setup_logging
 from stages.io.raster import (
-    GDAL_CACHE_MB,
+    GDAL_CACHE_BYTES,
     block_windows,
     crs_to_str,
     profile,
@@ -249,7 +249,7 @@ def coregister(spec: DatasetSpec, raw_dir: Path, out: Path, threads: int = 2) ->
     modalities = spec.modalities
     ref_name = spec.registration_reference
     sidecar: dict[str, Any] = {"dataset": spec.name, "reference": spec.reference_modality, "modalities": {}}
-    with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out) as tmp:
+    with rasterio.Env(GDAL_NUM_THREADS=str(threads), GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_dir(out) as tmp:
         with open_reference(raw_dir, spec) as ref_ds:
             grid = reference_grid(ref_ds, spec)
         valid = np.ones((grid.height, grid.width), bool)

@@ -56,7 +56,7 @@ from stages.io.atomic import atomic_dir, write_json
 from stages.io.hashing import sha256_tree
 from stages.io.logs import setup_logging
 from stages.io.raster import BLOCK as GEOTIFF_BLOCK
-from stages.io.raster import GDAL_CACHE_MB
+from stages.io.raster import GDAL_CACHE_BYTES
 
 log = logging.getLogger("landfuse.patches")
 
@@ -218,7 +218,7 @@ def build_patch_store(
         stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
 
     with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         dask_scheduler(scheduler, threads),
         atomic_dir(out) as tmp,
     ):

@@ -132,3 +132,14 @@ def test_a_coarser_offset_modality_is_resampled_bilinearly(tmp_path: Path) -> No
     with rasterio.open(tmp_path / "coreg" / "labels_train.tif") as ds:
         labels = ds.read(1)
     assert labels[1, 1] == 1 and labels[30, 50] == 2 and labels.sum() == 1 + 1 + 2
+
+
+def test_the_stages_gdal_block_cache_is_counted_in_bytes() -> None:
+    """rasterio hands GDAL_CACHEMAX to GDALSetCacheMax (bytes): 256 meant as megabytes was a 256-byte
+    cache, which made warping a row-blocked .pix ~100x slower (benchmarks/bench_coregister.py)."""
+    from rasterio.env import get_gdal_config
+
+    from stages.io.raster import GDAL_CACHE_BYTES
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        assert get_gdal_config("GDAL_CACHEMAX") >= 64 * 2**20

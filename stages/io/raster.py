@@ -17,8 +17,10 @@ from rasterio.windows import Window
 from stages.io.atomic import atomic_path
 
 BLOCK = 256
-# GDAL's block cache defaults to 5% of RAM; stages stream tiles, so a small cache is enough.
-GDAL_CACHE_MB = 256
+# GDAL's block cache defaults to 5% of RAM; stages stream tiles, so a small cache is enough. In bytes:
+# rasterio hands GDAL_CACHEMAX to GDALSetCacheMax, so a bare 256 would be a 256-byte cache (no block
+# is ever reused, and a warp over a row-blocked raster such as a .pix rereads each row per chunk).
+GDAL_CACHE_BYTES = 256 * 2**20
 CLASS_NODATA = 0  # class maps: 0 = unlabelled / not classified, classes are 1..K
 
 
