@@ -135,6 +135,33 @@ def test_read_mat_indexes_struct_arrays(tmp_path: Path) -> None:
         read_mat(tmp_path / "a.mat", "hsi.Lidar[2].z")
 
 
+def _save_v73(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A MATLAB v7.3 file as MATLAB writes one: HDF5 behind a 512-byte MATLAB header, column-major
+    arrays (so HDF5 sees the axes reversed), a 1 x 1 struct as a group."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as fh:
+        for key, array in arrays.items():
+            fh.create_dataset(key, data=np.ascontiguousarray(array.T))
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 2015 HDF5 schema 1.00"
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(124) + b"\x00\x02IM")
+
+
+def test_read_mat_v73_struct_paths(tmp_path: Path) -> None:
+    cube = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)  # H x W x C as MATLAB holds it
+    z = np.arange(3 * 4 * 2, dtype=np.float64).reshape(3, 4, 2)
+    _save_v73(tmp_path / "v73.mat", {"hsi/Data": cube, "hsi/Lidar/z": z})
+    with pytest.raises(NotImplementedError):  # scipy does not read v7.3: the h5py path is taken
+        scipy.io.loadmat(tmp_path / "v73.mat")
+    np.testing.assert_array_equal(read_mat(tmp_path / "v73.mat", "hsi.Data"), cube)
+    np.testing.assert_array_equal(read_mat(tmp_path / "v73.mat", "hsi.Lidar[0].z"), z)
+    with pytest.raises(SourceError, match=r"no variable `hsi\.Gone`"):
+        read_mat(tmp_path / "v73.mat", "hsi.Gone")
+    with pytest.raises(SourceError, match=r"only index \[0\]"):
+        read_mat(tmp_path / "v73.mat", "hsi.Lidar[1].z")
+
+
 def test_split_needs_enough_labelled_pixels() -> None:
     labels = np.zeros((8, 8), np.uint8)
     labels[:2] = 1

@@ -214,26 +214,41 @@ def read_mat(path: Path, key: str) -> np.ndarray:
     """
     parts = [_mat_part(p) for p in key.split(".")]
     try:
-        import scipy.io
-
-        data = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-        value = data[parts[0][0]]
-        for i, (name, index) in enumerate(parts):
-            value = value if i == 0 else getattr(value, name)
-            single = isinstance(value, scipy.io.matlab.mat_struct)  # a squeezed 1 x 1 struct array
-            if index is not None and not (single and index == 0):
-                value = value[index]
-        return np.asarray(value)
-    except NotImplementedError:  # v7.3 is HDF5
-        import h5py
-
-        # [U] only 1 x 1 struct arrays (groups) are supported here: the index is dropped
-        with h5py.File(path, "r") as fh:
-            value = fh["/".join(name for name, _ in parts)][()]
-        # MATLAB stores column-major: HDF5 sees the axes reversed
-        return np.asarray(value).T
+        try:
+            return _read_mat_v5(path, parts)
+        except NotImplementedError:  # v7.3 is HDF5
+            return _read_mat_v73(path, parts)
     except (KeyError, AttributeError, IndexError) as err:
         raise SourceError(f"{path}: no variable `{key}` ({err}). Check `key:` in the params file.") from err
+
+
+def _read_mat_v5(path: Path, parts: list[tuple[str, int | None]]) -> np.ndarray:
+    import scipy.io
+
+    data = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    value = data[parts[0][0]]
+    for i, (name, index) in enumerate(parts):
+        value = value if i == 0 else getattr(value, name)
+        single = isinstance(value, scipy.io.matlab.mat_struct)  # a squeezed 1 x 1 struct array
+        if index is not None and not (single and index == 0):
+            value = value[index]
+    return np.asarray(value)
+
+
+def _read_mat_v73(path: Path, parts: list[tuple[str, int | None]]) -> np.ndarray:
+    """A v7.3 (HDF5) variable. A 1 x 1 struct is a group, so index 0 is the group itself; larger
+    struct arrays are stored as object references, which this reader does not follow."""
+    import h5py
+
+    if any(index not in (None, 0) for _, index in parts):
+        raise SourceError(
+            f"{path}: a v7.3 .mat stores struct arrays of more than one element as references; only "
+            "index [0] of a 1 x 1 struct is supported. Re-save the file with `save -v7`."
+        )
+    with h5py.File(path, "r") as fh:
+        value = fh["/".join(name for name, _ in parts)][()]
+    # MATLAB stores column-major: HDF5 sees the axes reversed
+    return np.asarray(value).T
 
 
 def _mat_part(part: str) -> tuple[str, int | None]:
