@@ -203,7 +203,7 @@ def make_scene(scene: Scene, base: Path) -> Path:
     import rasterio
     from affine import Affine
 
-    from stages.io.raster import GDAL_CACHE_MB, profile, transform_to_list, write_class_map
+    from stages.io.raster import GDAL_CACHE_BYTES, profile, transform_to_list, write_class_map
 
     coreg, stamp = base / "coreg", base / "scene.json"
     if coreg.is_dir() and stamp.is_file() and json.loads(stamp.read_text()) == scene.fingerprint():
@@ -238,7 +238,7 @@ def make_scene(scene: Scene, base: Path) -> Path:
             spec.class_names,
         )
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         abundances = _smooth_field(rng, 6, height, width, cell=24)
         abundances /= abundances.sum(axis=0, keepdims=True)
         for name, m in spec.modalities.items():
