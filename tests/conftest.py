@@ -135,11 +135,11 @@ def run(cmd: list[str], cwd: Path, timeout: float = 1200, **env: str) -> subproc
     return proc
 
 
-def shrink_to_test_size(root: Path, experiments: list[dict], gan_steps: int) -> None:
+def shrink_to_test_size(root: Path, experiments: list[dict], gan_steps: int, dataset: str = SMALL) -> None:
     """Shrink the copied project's configuration to test size (same code, smaller workload)."""
     pipeline_path = root / "params" / "pipeline.yaml"
     pipeline = yaml.safe_load(pipeline_path.read_text())
-    pipeline.update(datasets=[SMALL], seeds=[0], experiments=experiments)
+    pipeline.update(datasets=[dataset], seeds=[0], experiments=experiments)
     pipeline["augment"]["samples_per_class"] = 20
     pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
     gan_path = root / "params" / "models" / "wgan_gp.yaml"
@@ -159,6 +159,19 @@ E2E_EXPERIMENTS = [
 ]
 E2E_RUNS = ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet", "ammfusenet"]
 E2E_GAN_STEPS = 40
+
+# A dataset twin's own end-to-end run: the two-branch CNN alone, 20 epochs (a few seconds on ~100-300
+# training patches), a 2-step GAN.
+TWIN_E2E_EXPERIMENTS = [{"model": "two_branch_cnn", "name": "two_branch_cnn", "training": {"epochs": 20}}]
+
+
+def run_twin_to_all(tmp_path: Path, name: str) -> Path:
+    """Snakemake on a copy of the project: dataset ``name`` to ``results/<name>/all`` with
+    :data:`TWIN_E2E_EXPERIMENTS`; returns ``results/<name>``."""
+    root = copy_project(tmp_path / "project")
+    shrink_to_test_size(root, TWIN_E2E_EXPERIMENTS, gan_steps=2, dataset=name)
+    run(["snakemake", "--cores", "2", f"results/{name}/all"], cwd=root, timeout=900)
+    return root / "results" / name
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from affine import Affine
 from stages.config import DatasetSpec, ParamsError, load_dataset
 from stages.datasets.readers import SourceError, stack_vrt
 from stages.twin import generate_twin
-from tests.conftest import copy_project, run, shrink_to_test_size
+from tests.conftest import run_twin_to_all
 
 NAME = "houston2018-twin-small"
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,15 +189,8 @@ def test_params_rules_for_labels_as_reference_and_file_stacks(tmp_path: Path) ->
 
 @pytest.mark.e2e
 def test_snakemake_runs_the_twin_end_to_end(tmp_path: Path) -> None:
-    root = copy_project(tmp_path / "project")
-    experiments = [{"model": "two_branch_cnn", "name": "two_branch_cnn", "training": {"epochs": 20}}]
-    shrink_to_test_size(root, experiments, gan_steps=2)
-    pipeline_path = root / "params" / "pipeline.yaml"
-    pipeline = yaml.safe_load(pipeline_path.read_text())
-    pipeline["datasets"] = [NAME]
-    pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    run(["snakemake", "--cores", "2", f"results/{NAME}/all"], cwd=root, timeout=900)
-    metrics = json.loads((root / "results" / NAME / "metrics.json").read_text())
+    results = run_twin_to_all(tmp_path, NAME)
+    metrics = json.loads((results / "metrics.json").read_text())
     assert metrics["two_branch_cnn"]["oa_mean"] > 0.75  # measured 0.91; chance is 1/20
-    with rasterio.open(root / "results" / NAME / "runs" / "two_branch_cnn" / "seed0" / "map.tif") as ds:
+    with rasterio.open(results / "runs" / "two_branch_cnn" / "seed0" / "map.tif") as ds:
         assert ds.shape == (96, 256) and ds.res == (0.5, 0.5)

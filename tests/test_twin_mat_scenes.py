@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import rasterio
 import scipy.io
-import yaml
 
 from stages.config import DatasetSpec, load_dataset
 from stages.datasets.readers import SourceError, read_mat
 from stages.datasets.splits import SplitError, per_class_counts_mask
 from stages.twin import generate_twin
-from tests.conftest import copy_project, run, shrink_to_test_size
+from tests.conftest import run_twin_to_all
 
 TWINS = ["trento-twin-small", "muufl-twin-small"]
 
@@ -173,25 +172,16 @@ def test_split_needs_enough_labelled_pixels() -> None:
 # End to end
 # --------------------------------------------------------------------------------------------------
 
-# 2 optimizer steps per epoch on ~100 training patches: 20 epochs (a few seconds) to clear chance
-E2E_EXPERIMENTS = [{"model": "two_branch_cnn", "name": "two_branch_cnn", "training": {"epochs": 20}}]
-
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", TWINS)
 def test_snakemake_runs_the_twin_end_to_end(name: str, tmp_path: Path) -> None:
-    root = copy_project(tmp_path / "project")
-    shrink_to_test_size(root, E2E_EXPERIMENTS, gan_steps=2)
-    pipeline_path = root / "params" / "pipeline.yaml"
-    pipeline = yaml.safe_load(pipeline_path.read_text())
-    pipeline["datasets"] = [name]
-    pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    run(["snakemake", "--cores", "2", f"results/{name}/all"], cwd=root, timeout=900)
-    metrics = json.loads((root / "results" / name / "metrics.json").read_text())
+    results = run_twin_to_all(tmp_path, name)
+    metrics = json.loads((results / "metrics.json").read_text())
     assert "two_branch_cnn" in metrics
     n_classes = load_dataset(name).n_classes
     assert metrics["two_branch_cnn"]["oa_mean"] > 2 / n_classes  # measured: Trento 0.86, MUUFL 0.93
-    assert (root / "results" / name / "all" / "table.md").is_file()
+    assert (results / "all" / "table.md").is_file()
 
 
 def test_band_centres_come_from_the_params_or_the_file(built: Built) -> None:

@@ -20,7 +20,7 @@ from stages.coregister import declared_nodata
 from stages.data.store import ModalityBinding, PatchStore, scene_batches
 from stages.datasets.twins.mat_scene import box, coarse_grid
 from stages.twin import generate_twin
-from tests.conftest import copy_project, run, shrink_to_test_size
+from tests.conftest import run_twin_to_all
 
 TWINS = ["berlin-twin-small", "augsburg-twin-small"]
 
@@ -196,27 +196,18 @@ def test_nodata_rule_needs_a_value(tmp_path: Path) -> None:
 # End to end
 # --------------------------------------------------------------------------------------------------
 
-# 2 optimizer steps per epoch on ~130 training patches: 20 epochs (a few seconds) to clear chance
-E2E_EXPERIMENTS = [{"model": "two_branch_cnn", "name": "two_branch_cnn", "training": {"epochs": 20}}]
-
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", TWINS)
 def test_snakemake_runs_the_twin_end_to_end(name: str, tmp_path: Path) -> None:
-    root = copy_project(tmp_path / "project")
-    shrink_to_test_size(root, E2E_EXPERIMENTS, gan_steps=2)
-    pipeline_path = root / "params" / "pipeline.yaml"
-    pipeline = yaml.safe_load(pipeline_path.read_text())
-    pipeline["datasets"] = [name]
-    pipeline_path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    run(["snakemake", "--cores", "2", f"results/{name}/all"], cwd=root, timeout=900)
-    metrics = json.loads((root / "results" / name / "metrics.json").read_text())
+    results = run_twin_to_all(tmp_path, name)
+    metrics = json.loads((results / "metrics.json").read_text())
     assert "two_branch_cnn" in metrics
     n_classes = load_dataset(name).n_classes
     # measured: Berlin 0.96, Augsburg 0.72 (chance 1/8, 1/7)
     assert metrics["two_branch_cnn"]["oa_mean"] > 2 / n_classes
-    assert (root / "results" / name / "all" / "table.md").is_file()
+    assert (results / "all" / "table.md").is_file()
     # the predicted map covers every pixel with data and nothing on the no-data border
-    with rasterio.open(root / "results" / name / "runs" / "two_branch_cnn" / "seed0" / "map.tif") as ds:
+    with rasterio.open(results / "runs" / "two_branch_cnn" / "seed0" / "map.tif") as ds:
         predicted = ds.read(1)
     assert ((predicted == 0) == _border(load_dataset(name))).all()
