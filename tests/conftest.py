@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -159,6 +160,45 @@ E2E_EXPERIMENTS = [
 ]
 E2E_RUNS = ["two_branch_cnn", "two_branch_cnn-hsi", "two_branch_cnn-lidar", "fusatnet", "ammfusenet"]
 E2E_GAN_STEPS = 40
+
+
+@dataclass(frozen=True)
+class BuiltTwin:
+    """A scene twin generated into ``base/twin``, downloaded over loopback HTTP into ``base/raw`` and
+    co-registered into ``base/coreg``; ``store`` is where a test may build its patch store."""
+
+    spec: Any
+    base: Path
+
+    @property
+    def twin(self) -> Path:
+        return self.base / "twin"
+
+    @property
+    def raw(self) -> Path:
+        return self.base / "raw"
+
+    @property
+    def coreg(self) -> Path:
+        return self.base / "coreg"
+
+    @property
+    def store(self) -> Path:
+        return self.base / "patches.zarr"
+
+
+def build_scene_twin(name: str, base: Path) -> BuiltTwin:
+    from stages.config import load_dataset
+    from stages.coregister import coregister
+    from stages.download import download_dataset
+    from stages.twin import generate_twin
+
+    out = BuiltTwin(load_dataset(name), base)
+    generate_twin(out.spec, out.twin)
+    download_dataset(out.spec, out.raw, twin_dir=out.twin)
+    coregister(out.spec, out.raw, out.coreg, threads=1)
+    return out
+
 
 # A dataset twin's own end-to-end run: the two-branch CNN alone, 20 epochs (a few seconds on ~100-300
 # training patches), a 2-step GAN.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,39 +14,22 @@ import rasterio
 import yaml
 from affine import Affine
 
-from stages.config import DatasetSpec, ParamsError, load_dataset
+from stages.config import ParamsError, load_dataset
 from stages.datasets.readers import SourceError, stack_vrt
 from stages.twin import generate_twin
-from tests.conftest import run_twin_to_all
+from tests.conftest import BuiltTwin, build_scene_twin, run_twin_to_all
 
 NAME = "houston2018-twin-small"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Built:
-    spec: DatasetSpec
-    twin: Path
-    raw: Path
-    coreg: Path
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltTwin:
     """The small twin generated, downloaded over loopback HTTP and co-registered."""
-    from stages.coregister import coregister
-    from stages.download import download_dataset
-
-    spec = load_dataset(NAME)
-    base = tmp_path_factory.mktemp(NAME)
-    out = Built(spec, base / "twin", base / "raw", base / "coreg")
-    generate_twin(spec, out.twin)
-    download_dataset(spec, out.raw, twin_dir=out.twin)
-    coregister(spec, out.raw, out.coreg, threads=1)
-    return out
+    return build_scene_twin(NAME, tmp_path_factory.mktemp(NAME))
 
 
-def _truth_window(built: Built) -> tuple[int, int, int, int]:
+def _truth_window(built: BuiltTwin) -> tuple[int, int, int, int]:
     r0, c0, h, w = np.load(built.twin / "_truth.npz")["window"].tolist()
     return r0, c0, h, w
 
@@ -67,7 +49,7 @@ def test_small_twin_inherits_through_the_full_twin() -> None:
     )
 
 
-def test_archive_holds_the_real_members_in_their_formats(built: Built) -> None:
+def test_archive_holds_the_real_members_in_their_formats(built: BuiltTwin) -> None:
     spec = built.spec
     with zipfile.ZipFile(built.twin / "phase2.zip") as zf:
         names = set(zf.namelist())
@@ -91,13 +73,13 @@ def test_archive_holds_the_real_members_in_their_formats(built: Built) -> None:
         assert (ds.transform.c, ds.transform.f) == (east + col_m, north - row_m)
 
 
-def test_generation_is_byte_identical(built: Built, tmp_path: Path) -> None:
+def test_generation_is_byte_identical(built: BuiltTwin, tmp_path: Path) -> None:
     again = generate_twin(built.spec, tmp_path / "again")
     first = json.loads((built.twin / "twin-manifest.json").read_text())
     assert again["archives"] == first["archives"] and again["contents"] == first["contents"]
 
 
-def test_coregistration_puts_both_sensors_on_the_ground_truth_grid(built: Built) -> None:
+def test_coregistration_puts_both_sensors_on_the_ground_truth_grid(built: BuiltTwin) -> None:
     spec = built.spec
     sidecar = json.loads((built.coreg / "grid.json").read_text())
     assert sidecar["reference"] == "labels"
@@ -122,7 +104,7 @@ def test_coregistration_puts_both_sensors_on_the_ground_truth_grid(built: Built)
     assert len(sidecar["modalities"]["lidar"]["source_sha256"]) == 5
 
 
-def test_labels_hold_the_declared_classes_and_split(built: Built) -> None:
+def test_labels_hold_the_declared_classes_and_split(built: BuiltTwin) -> None:
     spec = built.spec
     sidecar = json.loads((built.coreg / "grid.json").read_text())
     for split in ("train", "test"):
@@ -143,7 +125,7 @@ def test_labels_hold_the_declared_classes_and_split(built: Built) -> None:
     assert np.array_equal(np.maximum(train, test)[labelled], cls[labelled])
 
 
-def test_lidar_separates_what_the_spectra_confuse(built: Built) -> None:
+def test_lidar_separates_what_the_spectra_confuse(built: BuiltTwin) -> None:
     """Roads and highways share asphalt spectra; the DSM above the bare earth tells the elevated
     highways apart (why the twin needs the LiDAR)."""
     spec = built.spec

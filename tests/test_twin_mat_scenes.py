@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +12,22 @@ import pytest
 import rasterio
 import scipy.io
 
-from stages.config import DatasetSpec, load_dataset
+from stages.config import load_dataset
 from stages.datasets.readers import SourceError, read_mat
 from stages.datasets.splits import SplitError, per_class_counts_mask
 from stages.twin import generate_twin
-from tests.conftest import run_twin_to_all
+from tests.conftest import BuiltTwin, build_scene_twin, run_twin_to_all
 
 TWINS = ["trento-twin-small", "muufl-twin-small"]
 
 
-@dataclass(frozen=True)
-class Built:
-    spec: DatasetSpec
-    twin: Path
-    raw: Path
-    coreg: Path
-
-
 @pytest.fixture(scope="module", params=TWINS)
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuiltTwin:
     """A small twin generated, downloaded over loopback HTTP and co-registered."""
-    from stages.coregister import coregister
-    from stages.download import download_dataset
-
-    spec = load_dataset(request.param)
-    base = tmp_path_factory.mktemp(request.param)
-    out = Built(spec, base / "twin", base / "raw", base / "coreg")
-    generate_twin(spec, out.twin)
-    download_dataset(spec, out.raw, twin_dir=out.twin)
-    coregister(spec, out.raw, out.coreg, threads=1)
-    return out
+    return build_scene_twin(request.param, tmp_path_factory.mktemp(request.param))
 
 
-def test_label_rasters_hold_the_declared_classes_and_split(built: Built) -> None:
+def test_label_rasters_hold_the_declared_classes_and_split(built: BuiltTwin) -> None:
     spec = built.spec
     images = {}
     for split in ("train", "test"):
@@ -59,7 +41,7 @@ def test_label_rasters_hold_the_declared_classes_and_split(built: Built) -> None
     assert grid["grid"]["height"] == spec.height and grid["grid"]["width"] == spec.width
 
 
-def test_mat_files_have_the_real_variables_dtypes_and_layout(built: Built) -> None:
+def test_mat_files_have_the_real_variables_dtypes_and_layout(built: BuiltTwin) -> None:
     spec = built.spec
     for m in spec.modalities.values():
         array = read_mat(built.raw / m.file, m.key)
@@ -76,7 +58,7 @@ def test_mat_files_have_the_real_variables_dtypes_and_layout(built: Built) -> No
     assert manifest["archives"][archive["file"]] != archive["sha256"]  # the twin's own checksums
 
 
-def test_labelled_pixels_form_coherent_regions(built: Built) -> None:
+def test_labelled_pixels_form_coherent_regions(built: BuiltTwin) -> None:
     """Ground truth is drawn as patches inside fields, not scattered pixels."""
     from scipy import ndimage
 
@@ -105,7 +87,7 @@ def test_muufl_struct_is_laid_out_as_matlab_has_it(tmp_path: Path) -> None:
     assert hsi.info[0, 0].wavelength.size == spec.modalities["hsi"].bands
 
 
-def test_generation_is_byte_identical(built: Built, tmp_path: Path) -> None:
+def test_generation_is_byte_identical(built: BuiltTwin, tmp_path: Path) -> None:
     again = generate_twin(load_dataset(built.spec.name), tmp_path / "twin")
     first = json.loads((built.twin / "twin-manifest.json").read_text())
     assert again["archives"] == first["archives"] and again["contents"] == first["contents"]
@@ -184,7 +166,7 @@ def test_snakemake_runs_the_twin_end_to_end(name: str, tmp_path: Path) -> None:
     assert (results / "all" / "table.md").is_file()
 
 
-def test_band_centres_come_from_the_params_or_the_file(built: Built) -> None:
+def test_band_centres_come_from_the_params_or_the_file(built: BuiltTwin) -> None:
     """Trento lists its wavelengths in the params; MUUFL's live in the .mat (hsi.info.wavelength) and
     co-registration records them from there."""
     sidecar = json.loads((built.coreg / "grid.json").read_text())

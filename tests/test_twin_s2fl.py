@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +19,19 @@ from stages.coregister import declared_nodata
 from stages.data.store import ModalityBinding, PatchStore, scene_batches
 from stages.datasets.twins.mat_scene import box, coarse_grid
 from stages.twin import generate_twin
-from tests.conftest import run_twin_to_all
+from tests.conftest import BuiltTwin, build_scene_twin, run_twin_to_all
 
 TWINS = ["berlin-twin-small", "augsburg-twin-small"]
 
 
-@dataclass(frozen=True)
-class Built:
-    spec: DatasetSpec
-    twin: Path
-    raw: Path
-    coreg: Path
-    store: Path
-
-
 @pytest.fixture(scope="module", params=TWINS)
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuiltTwin:
     """A small twin generated, downloaded over loopback HTTP, co-registered and in a patch store."""
-    from stages.coregister import coregister
-    from stages.download import download_dataset
     from stages.patches import build_patch_store
 
-    spec = load_dataset(request.param)
-    base = tmp_path_factory.mktemp(request.param)
-    out = Built(spec, base / "twin", base / "raw", base / "coreg", base / "patches.zarr")
-    generate_twin(spec, out.twin)
-    download_dataset(spec, out.raw, twin_dir=out.twin)
-    coregister(spec, out.raw, out.coreg, threads=1)
+    out = build_scene_twin(request.param, tmp_path_factory.mktemp(request.param))
     build_patch_store(
-        spec,
+        out.spec,
         out.coreg,
         out.store,
         val_fraction=0.2,
@@ -66,7 +49,7 @@ def _border(spec: DatasetSpec) -> np.ndarray:
     return box(spec.height, spec.width, rule) if rule else np.zeros((spec.height, spec.width), bool)
 
 
-def test_label_maps_hold_the_declared_classes_and_counts(built: Built) -> None:
+def test_label_maps_hold_the_declared_classes_and_counts(built: BuiltTwin) -> None:
     spec = built.spec
     images = {}
     for split in ("train", "test"):
@@ -85,7 +68,7 @@ def test_label_maps_hold_the_declared_classes_and_counts(built: Built) -> None:
         assert counts["test"][str(c.id)] == spec.expected_counts("test")[c.id]
 
 
-def test_mat_files_have_the_real_names_keys_shapes_and_dtypes(built: Built) -> None:
+def test_mat_files_have_the_real_names_keys_shapes_and_dtypes(built: BuiltTwin) -> None:
     spec = built.spec
     archive = spec.source["archives"][0]
     expected = {m.file for m in spec.modalities.values()} | {spec.labels["train"], spec.labels["test"]}
@@ -105,13 +88,13 @@ def test_mat_files_have_the_real_names_keys_shapes_and_dtypes(built: Built) -> N
     assert set(manifest["archives"]) == {archive["file"]}  # the twin's own checksums, from its generator
 
 
-def test_generation_is_byte_identical(built: Built, tmp_path: Path) -> None:
+def test_generation_is_byte_identical(built: BuiltTwin, tmp_path: Path) -> None:
     again = generate_twin(load_dataset(built.spec.name), tmp_path / "twin")
     first = json.loads((built.twin / "twin-manifest.json").read_text())
     assert again["archives"] == first["archives"] and again["contents"] == first["contents"]
 
 
-def test_no_data_border_is_masked_everywhere(built: Built) -> None:
+def test_no_data_border_is_masked_everywhere(built: BuiltTwin) -> None:
     """Berlin: the HSI is zero in every band on the border and nowhere else; valid.tif is 0 exactly
     there; no label and no patch centre (train, val, test or map) falls on it."""
     spec = built.spec
@@ -142,7 +125,7 @@ def test_no_data_border_is_masked_everywhere(built: Built) -> None:
 
 
 @pytest.mark.parametrize("built", ["berlin-twin-small"], indirect=True)
-def test_berlin_hsi_is_upsampled_from_a_coarse_grid(built: Built) -> None:
+def test_berlin_hsi_is_upsampled_from_a_coarse_grid(built: BuiltTwin) -> None:
     """The HSI is a coarser grid (``low_resolution`` times the size) nearest-upsampled: every data pixel
     equals the others of its coarse pixel, and there are only as many distinct pixels as coarse ones."""
     spec = built.spec
@@ -158,7 +141,7 @@ def test_berlin_hsi_is_upsampled_from_a_coarse_grid(built: Built) -> None:
 
 
 @pytest.mark.parametrize("built", ["augsburg-twin-small"], indirect=True)
-def test_augsburg_binds_sar_and_dsm_as_one_auxiliary_input(built: Built) -> None:
+def test_augsburg_binds_sar_and_dsm_as_one_auxiliary_input(built: BuiltTwin) -> None:
     spec = built.spec
     assert len(spec.modalities_with_role("auxiliary")) == 2
     store = PatchStore(built.store)
