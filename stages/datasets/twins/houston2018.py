@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,14 @@ def _up(array: np.ndarray, k: int) -> np.ndarray:
     return array if k == 1 else np.repeat(np.repeat(array, k, axis=0), k, axis=1)
 
 
-def write_pix(path: Path, cube_strips: Any, count: int, height: int, width: int, geo: dict[str, Any]) -> None:
+def write_pix(
+    path: Path,
+    cube_strips: Iterable[tuple[int, np.ndarray]],
+    count: int,
+    height: int,
+    width: int,
+    geo: dict[str, Any],
+) -> None:
     """A PCIDSK ``.pix`` written strip by strip, then made byte-identical run to run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(
@@ -146,7 +154,7 @@ def hsi_strips(
     wl: np.ndarray,
     dtype: str | None,
     seed: int,
-) -> Any:
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, (bands, rows, W) block)`` of the reflectance cube, :func:`render_hsi`'s recipe in
     strips: per-parcel brightness and tilt and the texture are drawn for the whole scene first, so
     the strips join seamlessly; the PSF blur borrows a halo of rows."""
