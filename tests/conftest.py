@@ -27,6 +27,36 @@ SMALL_TILES = "dfc20-twin-small"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: threads gain them nothing, and OpenMP barriers
+    stall badly on a busy 2-core machine. Restores the count (a stage run in-process may change it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_one_step_is_reproducible(make_model, batch, make_optimizer) -> None:
+    """Two runs of (seed, build ``make_model()``, one ``training_loss`` step with ``make_optimizer``)
+    leave identical weights: every random draw (init, dropout, noise, drop-path) comes from the seed."""
+
+    def one_step() -> dict[str, torch.Tensor]:
+        torch.manual_seed(123)
+        model = make_model()
+        opt = make_optimizer(model.parameters())
+        loss, _ = model.training_loss(*batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    a, b = one_step(), one_step()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 @dataclass(frozen=True)
 class SmallTwin:
     twin: Path

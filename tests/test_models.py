@@ -11,6 +11,7 @@ from stages.models import MODELS, PatchClassifier, build_model, register
 from stages.models.fusatnet import FusAtNet
 from stages.models.layers import KerasConvUnit, l2_penalty
 from stages.models.two_branch_cnn import TwoBranchCNN
+from tests.conftest import assert_one_step_is_reproducible
 
 # Tiny widths so every test runs in well under a second.
 TINY = {
@@ -28,13 +29,7 @@ IN_CH = (5, 2)
 K = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP barriers stall badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(
@@ -79,22 +74,9 @@ def test_forward_backward_shapes_and_finite_grads(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_same_seed_same_weights_after_one_step(name: str) -> None:
-    xp, xa, y = _batch()
-
-    def one_step() -> dict[str, torch.Tensor]:
-        torch.manual_seed(123)
-        model = _tiny(name)
-        opt = torch.optim.NAdam(model.parameters(), lr=1e-3)
-        loss, _ = model.training_loss(xp, xa, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    a, b = one_step(), one_step()
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_one_step_is_reproducible(
+        lambda: _tiny(name), _batch(), lambda params: torch.optim.NAdam(params, lr=1e-3)
+    )
 
 
 def test_fusatnet_paper_preset_matches_official_parameter_count() -> None:

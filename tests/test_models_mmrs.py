@@ -17,6 +17,7 @@ from stages.config import load_model
 from stages.models import MODELS, build_model
 from stages.models.graph import gcn_conv, knn_edge_index
 from stages.models.mmrs import MMRS
+from tests.conftest import assert_one_step_is_reproducible
 
 TINY = {
     "width": 6,
@@ -40,12 +41,7 @@ MDG_PARTS = ("enhance", "generator", "discriminator")
 MFF_PARTS = ("tok_primary", "tok_auxiliary", "attention", "attn_norm", "to_fused", "gcn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(mdg: bool = True, mff: bool = True, in_ch: tuple[int, int] = (5, 2), p: int = 7, **over) -> MMRS:
@@ -128,22 +124,10 @@ def test_ablations_remove_their_modules() -> None:
 
 @pytest.mark.parametrize(("mdg", "mff"), [(True, True), (False, False)])
 def test_same_seed_same_weights_after_one_step(mdg: bool, mff: bool) -> None:
-    xp, xa, y = _batch()
-
-    def one_step() -> dict[str, torch.Tensor]:
-        torch.manual_seed(123)
-        model = _tiny(mdg, mff)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loss, _ = model.training_loss(xp, xa, y)  # dropout and the generator's noise use the seeded RNG
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    a, b = one_step(), one_step()
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # dropout and the generator's noise use the seeded RNG
+    assert_one_step_is_reproducible(
+        lambda: _tiny(mdg, mff), _batch(), lambda params: torch.optim.AdamW(params, lr=1e-3)
+    )
 
 
 def test_eval_is_deterministic_per_batch_and_permutation_equivariant() -> None:

@@ -15,6 +15,7 @@ from stages.models.cnn import SingleStreamCNN
 from stages.models.endnet import EndNet, local_profile, profile_length
 from stages.models.pande import CoupledLoop, PandeBanerjee, SpectralStem, band_grid
 from stages.train import make_schedule
+from tests.conftest import assert_one_step_is_reproducible
 
 # Tiny widths so every test runs in well under a second.
 TINY = {
@@ -35,13 +36,7 @@ K = 5
 REC_PARTS = {"ce", "rec_aux", "rec_primary", "reg"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP barriers stall badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(in_ch: tuple[int, int], b: int = 3, p: int = 11, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -93,22 +88,9 @@ def test_forward_backward_finite_grads(name: str, in_ch: tuple[int, int]) -> Non
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_same_seed_same_weights_after_one_step(name: str) -> None:
-    xp, xa, y = _batch((144, 1))
-
-    def one_step() -> dict[str, torch.Tensor]:
-        torch.manual_seed(123)
-        model = _tiny(name, (144, 1))
-        opt = torch.optim.NAdam(model.parameters(), lr=1e-3)
-        loss, _ = model.training_loss(xp, xa, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    a, b = one_step(), one_step()
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_one_step_is_reproducible(
+        lambda: _tiny(name, (144, 1)), _batch((144, 1)), lambda params: torch.optim.NAdam(params, lr=1e-3)
+    )
 
 
 # --- Pande & Banerjee -------------------------------------------------------------------------------

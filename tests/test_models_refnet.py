@@ -12,6 +12,7 @@ from stages.models import IGNORE_INDEX, MODELS, Segmenter, build_model
 from stages.models import vmamba as vm
 from stages.models.refnet import RefNet
 from stages.models.selective_scan import selective_scan_reference
+from tests.conftest import assert_one_step_is_reproducible
 
 IN_CH = (5, 2)
 K = 4
@@ -20,13 +21,7 @@ TILE = 64
 TINY = {"base_width": 4, "blocks": [1, 1, 1, 1], "decoder_channels": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP barriers stall badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(
@@ -119,22 +114,10 @@ def test_forward_runs_no_auxiliary_module() -> None:
 
 
 def test_same_seed_same_weights_after_one_step() -> None:
-    xp, xa, y = _batch()
-
-    def one_step() -> dict[str, torch.Tensor]:
-        torch.manual_seed(123)
-        model = _tiny()
-        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=5e-4)
-        loss, _ = model.training_loss(xp, xa, y)  # drop-path draws from the seeded generator too
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    a, b = one_step(), one_step()
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # drop-path draws from the seeded generator too
+    assert_one_step_is_reproducible(
+        lambda: _tiny(), _batch(), lambda params: torch.optim.AdamW(params, lr=5e-4, weight_decay=5e-4)
+    )
 
 
 def test_paper_preset_matches_the_official_parameter_count() -> None:
