@@ -42,12 +42,12 @@ from stages.datasets.twins import spectra
 from stages.datasets.twins.mat_scene import (
     LOOKS,
     Look,
-    _mix,
     as_dtype,
     assign_classes,
     choose_labelled,
     generic_look,
     labelled_counts,
+    mix,
     parcels,
     wavelengths,
 )
@@ -72,7 +72,7 @@ LOOKS_2018: dict[str, Look] = {
     ),
     # February: deciduous trees are leaf-off, branches over soil and litter
     "deciduous_trees": Look(
-        _mix(
+        mix(
             lambda wl: spectra.vegetation(wl, green=0.08, red=0.05, nir=0.30),
             LOOKS["ground"].reflectance,
             0.5,
@@ -84,16 +84,16 @@ LOOKS_2018: dict[str, Look] = {
     "bare_earth": Look(lambda wl: spectra.soil(wl, low=0.09, high=0.32)),
     "water": LOOKS["water"],
     "residential_buildings": Look(
-        _mix(lambda wl: spectra.step(wl, low=0.07, high=0.25, at=600), _ASPHALT, 0.5), 7, 1.5
+        mix(lambda wl: spectra.step(wl, low=0.07, high=0.25, at=600), _ASPHALT, 0.5), 7, 1.5
     ),
-    "non_residential_buildings": Look(_mix(_CONCRETE, _ASPHALT, 0.5), 16, 6),
+    "non_residential_buildings": Look(mix(_CONCRETE, _ASPHALT, 0.5), 16, 6),
     "roads": Look(_ASPHALT),
     "sidewalks": Look(_CONCRETE, 0.1, 0.03),
-    "crosswalks": Look(_mix(_ASPHALT, lambda wl: spectra.flat(wl, level=0.45), 0.4)),
-    "major_thoroughfares": Look(_mix(_ASPHALT, _CONCRETE, 0.5)),
-    "highways": Look(_mix(_ASPHALT, _CONCRETE, 0.6), 7, 2),
-    "railways": Look(_mix(_ASPHALT, LOOKS["ground"].reflectance, 0.5), 0.3, 0.1),
-    "paved_parking_lots": Look(_mix(_ASPHALT, _CONCRETE, 0.25)),
+    "crosswalks": Look(mix(_ASPHALT, lambda wl: spectra.flat(wl, level=0.45), 0.4)),
+    "major_thoroughfares": Look(mix(_ASPHALT, _CONCRETE, 0.5)),
+    "highways": Look(mix(_ASPHALT, _CONCRETE, 0.6), 7, 2),
+    "railways": Look(mix(_ASPHALT, LOOKS["ground"].reflectance, 0.5), 0.3, 0.1),
+    "paved_parking_lots": Look(mix(_ASPHALT, _CONCRETE, 0.25)),
     "unpaved_parking_lots": Look(lambda wl: spectra.soil(wl, low=0.12, high=0.28), 0.0, 0.1),
     "cars": Look(lambda wl: spectra.paint(wl, base=0.08, peaks=[(620, 60, 0.25)]), 1.5, 0.3),
     "trains": Look(lambda wl: spectra.flat(wl, level=0.16, tilt=-0.1), 4, 0.5),

@@ -62,7 +62,7 @@ class Look:
     backscatter_db: float = -12.0
 
 
-def _mix(a: Spectrum, b: Spectrum, w: float) -> Spectrum:
+def mix(a: Spectrum, b: Spectrum, w: float) -> Spectrum:
     return lambda wl: (1 - w) * a(wl) + w * b(wl)
 
 
@@ -76,15 +76,15 @@ LOOKS: dict[str, Look] = {
     # separate them (apple trees ~3 m in rows, vines ~1.5 m, woods ~15 m).
     "apple_trees": Look(lambda wl: spectra.vegetation(wl, green=0.09, red=0.040, nir=0.40), 3.5, 0.8, 0.5),
     # roofs: half road-like asphalt, so height separates many roofs from roads
-    "buildings": Look(_mix(_ASPHALT, lambda wl: spectra.flat(wl, level=0.22, tilt=0.05), 0.5), 9, 2.5, 0),
+    "buildings": Look(mix(_ASPHALT, lambda wl: spectra.flat(wl, level=0.22, tilt=0.05), 0.5), 9, 2.5, 0),
     "ground": Look(_SOIL, 0.0, 0.1, 0.0),
     "woods": Look(lambda wl: spectra.vegetation(wl, green=0.085, red=0.037, nir=0.385, edge=718), 15, 3, 0.6),
-    "vineyard": Look(_mix(_GRASS, _SOIL, 0.35), 1.5, 0.4, 0.5),
+    "vineyard": Look(mix(_GRASS, _SOIL, 0.35), 1.5, 0.4, 0.5),
     "roads": Look(_ASPHALT),
     # MUUFL Gulfport: a campus with trees, lawns, roads, roofs, shadows, a pond, curbs and cloth targets.
     "trees": Look(lambda wl: spectra.vegetation(wl, green=0.08, red=0.035, nir=0.40, edge=720), 12, 3, 0.6),
     "mostly_grass": Look(_GRASS, 0.1, 0.05, 0.0),
-    "mixed_ground_surface": Look(_mix(_SOIL, _GRASS, 0.5), 0.05, 0.05, 0.0),
+    "mixed_ground_surface": Look(mix(_SOIL, _GRASS, 0.5), 0.05, 0.05, 0.0),
     "dirt_and_sand": Look(lambda wl: spectra.soil(wl, low=0.11, high=0.36)),
     "road": Look(_ASPHALT),
     "water": Look(lambda wl: spectra.water(wl), -0.3, 0.05, 0.0, -22.0),
@@ -98,15 +98,15 @@ LOOKS: dict[str, Look] = {
     "forest": Look(
         lambda wl: spectra.vegetation(wl, green=0.085, red=0.037, nir=0.38, edge=718), 18, 4, 0.6, -8
     ),
-    "residential_area": Look(_mix(_mix(_ROOF, _GRASS, 0.35), _ASPHALT, 0.3), 8, 3, 0.1, -5),
+    "residential_area": Look(mix(mix(_ROOF, _GRASS, 0.35), _ASPHALT, 0.3), 8, 3, 0.1, -5),
     "industrial_area": Look(
-        _mix(lambda wl: spectra.flat(wl, level=0.26, tilt=0.02), _ASPHALT, 0.3), 10, 3, 0, -2
+        mix(lambda wl: spectra.flat(wl, level=0.26, tilt=0.02), _ASPHALT, 0.3), 10, 3, 0, -2
     ),
-    "low_plants": Look(_mix(_GRASS, _SOIL, 0.2), 0.4, 0.2, 0.3, -13),
+    "low_plants": Look(mix(_GRASS, _SOIL, 0.2), 0.4, 0.2, 0.3, -13),
     "soil": Look(_SOIL, 0.0, 0.1, 0.0, -16),
-    "allotment": Look(_mix(_GRASS, _SOIL, 0.3), 2.5, 1.0, 0.5, -10),
+    "allotment": Look(mix(_GRASS, _SOIL, 0.3), 2.5, 1.0, 0.5, -10),
     "commercial_area": Look(
-        _mix(lambda wl: spectra.flat(wl, level=0.20, tilt=0.08), _ASPHALT, 0.4), 16, 5, 0, -1
+        mix(lambda wl: spectra.flat(wl, level=0.20, tilt=0.08), _ASPHALT, 0.4), 16, 5, 0, -1
     ),
 }
 
