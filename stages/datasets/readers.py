@@ -306,7 +306,7 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
                 "8-bit codes. Check the file, or drop labels.remap from the params."
             )
         labels = lut[labels]
-    labels = _check_label_values(labels, spec, path)
+    labels = _check_label_values(labels, spec, path, remapped=lut is not None)
     if "split" in spec.labels:  # one labelled map: the split is drawn from it (stages/datasets/splits.py)
         try:
             labels = apply_split(labels, spec, split)
@@ -315,8 +315,7 @@ def read_labels(raw_dir: Path, spec: DatasetSpec, split: str, shape: tuple[int, 
     return labels
 
 
-def _check_label_values(labels: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
-    remapped = spec.label_lut() is not None
+def _check_label_values(labels: np.ndarray, spec: DatasetSpec, path: Path, remapped: bool) -> np.ndarray:
     unlabelled = 0 if remapped else spec.labels.get("unlabelled", 0)
     valid = {c.id for c in spec.classes} | {unlabelled}
     found = set(np.unique(labels).tolist())
